@@ -1,0 +1,37 @@
+# The project's entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev extras
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy on pipeline/
+	$(VENV)/bin/ruff check pipeline workers tests bench
+	$(VENV)/bin/ruff format --check pipeline workers tests bench
+	$(VENV)/bin/mypy pipeline
+
+test: $(STAMP) lint ## Lint, then the whole test suite (unit, integration, end-to-end)
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP) ## Run the main job end to end on embedded services
+	$(VENV)/bin/unlearn demo
+
+bench: $(STAMP) ## Run the benchmarks and write BENCHMARKS.md
+	$(PY) -m bench.run --output BENCHMARKS.md
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+.PHONY: help install lint test demo bench clean
