@@ -1,0 +1,19 @@
+"""The unlearning engine: linear models that forget and learn records in batches.
+
+See :mod:`pipeline.unlearning.logistic` (influence and Fisher updates with certified removal)
+and :mod:`pipeline.unlearning.ridge` (exact removal); :mod:`pipeline.unlearning.certify`
+holds the budget and the bounds.
+"""
+
+from pipeline.unlearning.certify import budget, worst_case_bound
+from pipeline.unlearning.logistic import LogisticUnlearner
+from pipeline.unlearning.report import UpdateReport
+from pipeline.unlearning.ridge import RidgeUnlearner
+
+__all__ = [
+    "LogisticUnlearner",
+    "RidgeUnlearner",
+    "UpdateReport",
+    "budget",
+    "worst_case_bound",
+]

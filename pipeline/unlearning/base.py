@@ -1,0 +1,247 @@
+"""What every unlearner shares: input checks, record ids, labels and the verb family.
+
+Subclasses implement the maths in ``_fit``, ``_remove``, ``_add`` and ``_refit``; this base
+turns user input into checked float64 arrays and record rows, times each update and keeps
+the record table (:class:`~pipeline.unlearning.records.RecordTable`) in step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from pipeline.errors import InvalidInput, NotFitted, UnknownClass
+from pipeline.unlearning.records import RecordTable
+from pipeline.unlearning.report import UpdateReport
+
+__all__ = ["BaseUnlearner", "Progress", "check_features"]
+
+Array = NDArray[np.float64]
+
+#: ``progress(fraction_done, message)``, called by long fits.
+Progress = Callable[[float, str], None]
+
+
+def check_features(X: ArrayLike, n_features: int | None = None, what: str = "X") -> Array:
+    """A 2-D, finite float64 copy-free view of ``X``; raises :class:`InvalidInput`."""
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim != 2:
+        msg = f"{what} must be 2-D (n_samples, n_features), got shape {arr.shape}"
+        raise InvalidInput(msg)
+    if n_features is not None and arr.shape[1] != n_features:
+        msg = f"{what} has {arr.shape[1]} features, the model expects {n_features}"
+        raise InvalidInput(msg)
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        msg = f"{what} row {bad} contains NaN or infinity; clean or drop it before learning"
+        raise InvalidInput(msg)
+    return arr
+
+
+def _id_from_json(value: Any) -> Hashable:
+    """JSON turns tuple ids into lists; turn them back so they stay hashable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+class BaseUnlearner(ABC):
+    """Record-keeping and the public verbs; the maths is the subclass's."""
+
+    fit_intercept: bool
+    _records: RecordTable | None = None
+
+    # -- the verb family ------------------------------------------------------------------
+    def fit(self, X: ArrayLike, y: ArrayLike, ids: Sequence[Hashable] | None = None) -> Any:
+        """Fit on all records from scratch; ``ids`` default to ``0..n-1``. Returns self."""
+        Xa = check_features(X)
+        y_arr = self._check_targets(y, Xa.shape[0])
+        ids = self._check_ids(ids, Xa.shape[0], start=0)
+        self.n_features_in_ = Xa.shape[1]
+        targets = self._encode_fit_targets(y_arr)
+        records = RecordTable(self._width, Xa.shape[0], targets.dtype.type)
+        records.append(self._augment(Xa), targets, ids)
+        self._records = records
+        start = time.perf_counter()
+        self._fit()
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def forget(self, ids: Iterable[Hashable], method: str | None = None) -> UpdateReport:
+        """Remove the records with these ids; a forgotten id is reported, never applied twice.
+
+        Raises :class:`~pipeline.errors.UnknownRecord` (naming the id) for an id the model
+        never held; nothing is changed then.
+        """
+        records = self._fitted_records()
+        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+            ids = [ids]
+        start = time.perf_counter()
+        rows, _found, absent = records.locate(ids)
+        report = self._remove(rows, self._resolve_method(method), tuple(absent))
+        return self._timed(report, start)
+
+    def learn(
+        self, X: ArrayLike, y: ArrayLike, ids: Sequence[Hashable] | None = None
+    ) -> UpdateReport:
+        """Add new records (ids default to fresh integers); raises on an id already held."""
+        records = self._fitted_records()
+        Xa = check_features(X, self.n_features_in_)
+        y_arr = self._check_targets(y, Xa.shape[0])
+        ids = self._check_ids(ids, Xa.shape[0], start=records.n_appended)
+        targets = self._encode_learn_targets(y_arr)
+        start = time.perf_counter()
+        rows = records.append(self._augment(Xa), targets, ids)
+        return self._timed(self._add(rows), start)
+
+    def refit(self, progress: Progress | None = None) -> UpdateReport:
+        """Fit again on the records held now, warm-started; method ``"retrain"``.
+
+        ``progress(fraction, message)`` is called as the fit advances.
+        """
+        self._fitted_records()
+        start = time.perf_counter()
+        return self._timed(self._refit(progress), start)
+
+    # -- shared helpers -------------------------------------------------------------------
+    @property
+    def n_records_(self) -> int:
+        """Records the model holds now."""
+        return self._fitted_records().n_records
+
+    @property
+    def record_ids_(self) -> list[Hashable]:
+        """Ids of the records the model holds now."""
+        return self._fitted_records().ids()
+
+    @property
+    def _width(self) -> int:
+        return self.n_features_in_ + int(self.fit_intercept)
+
+    def _augment(self, X: Array) -> Array:
+        if not self.fit_intercept:
+            return X
+        return np.hstack([X, np.ones((X.shape[0], 1))])
+
+    def _fitted_records(self) -> RecordTable:
+        if self._records is None:
+            raise NotFitted(type(self).__name__)
+        return self._records
+
+    @staticmethod
+    def _timed(report: UpdateReport, start: float) -> UpdateReport:
+        from dataclasses import replace
+
+        return replace(report, seconds=time.perf_counter() - start)
+
+    @staticmethod
+    def _check_targets(y: ArrayLike, n: int) -> NDArray[Any]:
+        arr = np.asarray(y)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            msg = f"y must be 1-D with one label per row of X ({n}), got shape {arr.shape}"
+            raise InvalidInput(msg)
+        return arr
+
+    @staticmethod
+    def _check_ids(ids: Sequence[Hashable] | None, n: int, start: int) -> list[Hashable]:
+        if ids is None:
+            return list(range(start, start + n))
+        out = list(ids)
+        if len(out) != n:
+            msg = f"got {len(out)} ids for {n} records: give exactly one id per row"
+            raise InvalidInput(msg)
+        return out
+
+    def _label_indices(self, y: NDArray[Any]) -> NDArray[np.int64]:
+        classes = self.classes_
+        idx = np.searchsorted(classes, y)
+        idx = np.clip(idx, 0, len(classes) - 1)
+        bad = classes[idx] != y
+        if bad.any():
+            raise UnknownClass(y[np.flatnonzero(bad)[0]].item(), classes.tolist())
+        return idx.astype(np.int64)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _records_state(self, include_records: bool) -> tuple[dict[str, Any], NDArray[np.intp]]:
+        """The record table's part of a checkpoint, and the rows of the held records."""
+        rec = self._fitted_records()
+        keep = np.flatnonzero(rec.weights > 0)
+        state: dict[str, Any] = {
+            "n_features_in": self.n_features_in_,
+            "record_ids_json": json.dumps(rec.ids()),
+            "forgotten_ids_json": json.dumps(sorted(rec.forgotten, key=repr)),
+            "n_appended": rec.n_appended,
+            "max_norm": rec.max_norm,
+        }
+        if include_records:
+            state["X"] = rec.X[keep, : self.n_features_in_].copy()
+            state["targets"] = rec.targets[keep].copy()
+        return state, keep
+
+    def _restore_records(
+        self,
+        state: Mapping[str, Any],
+        X: ArrayLike | None,
+        y: ArrayLike | None,
+        ids: Sequence[Hashable] | None,
+    ) -> int:
+        """Rebuild the record table from a checkpoint (and the records, if given apart)."""
+        self.n_features_in_ = int(state["n_features_in"])
+        saved = [_id_from_json(i) for i in json.loads(state["record_ids_json"])]
+        if X is None:
+            Xs = check_features(state["X"], self.n_features_in_)
+            targets = np.asarray(state["targets"])
+        else:
+            if y is None or ids is None:
+                msg = "give X, y and ids together to resume from a checkpoint without records"
+                raise InvalidInput(msg)
+            pos = {record_id: i for i, record_id in enumerate(ids)}
+            missing = [i for i in saved if i not in pos]
+            if missing or len(pos) != len(saved):
+                msg = (
+                    f"the records given do not match the checkpoint: {len(missing)} of its "
+                    f"{len(saved)} ids missing (first: {missing[:1]!r}), {len(pos)} given"
+                )
+                raise InvalidInput(msg)
+            order = np.fromiter((pos[i] for i in saved), dtype=np.intp, count=len(saved))
+            Xs = check_features(X, self.n_features_in_)[order]
+            targets = self._encode_learn_targets(np.asarray(y)[order])
+        rec = RecordTable(self._width, len(saved), targets.dtype.type)
+        rec.append(self._augment(Xs), targets, saved)
+        rec.forgotten = {_id_from_json(i) for i in json.loads(state["forgotten_ids_json"])}
+        rec.n_appended = int(state["n_appended"])
+        rec.max_norm = float(state["max_norm"])
+        self._records = rec
+        return len(saved)
+
+    # -- what subclasses provide ----------------------------------------------------------
+    classes_: NDArray[Any]
+    n_features_in_: int
+    fit_seconds_: float
+
+    @abstractmethod
+    def _encode_fit_targets(self, y: NDArray[Any]) -> NDArray[Any]: ...
+
+    @abstractmethod
+    def _encode_learn_targets(self, y: NDArray[Any]) -> NDArray[Any]: ...
+
+    @abstractmethod
+    def _resolve_method(self, method: str | None) -> str: ...
+
+    @abstractmethod
+    def _fit(self) -> None: ...
+
+    @abstractmethod
+    def _remove(
+        self, rows: NDArray[np.intp], method: str, absent: tuple[Hashable, ...]
+    ) -> UpdateReport: ...
+
+    @abstractmethod
+    def _add(self, rows: NDArray[np.intp]) -> UpdateReport: ...
+
+    @abstractmethod
+    def _refit(self, progress: Progress | None) -> UpdateReport: ...

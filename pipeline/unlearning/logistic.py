@@ -1,0 +1,598 @@
+r"""Certified removal for logistic regression, binary and one-vs-rest.
+
+The model minimises Guo et al.'s perturbed objective (see :mod:`pipeline.unlearning.loss`)
+with :math:`\lambda` scaled by the current number of records n and a perturbation
+:math:`b \sim \mathcal N(0, \sigma^2 I)` drawn once from ``seed``. Two classes give one
+problem (labels ``classes_[1]`` -> +1); K > 2 classes give K one-vs-rest problems that share
+the records, each with its own curvature and its own slice of b.
+
+Removing a batch R of m records (D' = D \ R), with the removed records' gradient
+:math:`\Delta = \sum_{i \in R} \nabla \ell_i(w) + \lambda m w`:
+
+``influence``  :math:`w \leftarrow w + \tilde H_{D'}^{-1} \Delta` (Guo et al., eq. 3; assumes w
+               optimal for D, so the previous residual is carried over);
+
+``fisher``     :math:`w \leftarrow w - \tilde H_{D'}^{-1} \nabla L_b(w; D')`, a corrective Newton
+               step on the remaining data's full gradient, which also removes the residual
+               left by earlier updates (Mahadevan & Mathioudakis, 2021, "Certifiable Machine
+               Unlearning for Linear Models"). The default.
+
+Learning a batch A is the same step with the sign of :math:`\Delta` reversed.
+:math:`\tilde H` is the cached curvature (:class:`~pipeline.unlearning.curvature.CurvatureCache`):
+a batch costs ``O(m d^2 + d^3)`` per problem for the curvature plus, for the default
+``"exact"`` certificate, two passes over the records (``O(n d)``) to measure the residual.
+Nothing here costs ``O(n d^2)`` except fitting and the rare recomputation of the curvature,
+triggered when the measured residual strays from what the step predicted by more than
+``drift_tol`` of the step's size, and reported as ``curvature_recomputed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.linalg import blas
+
+from pipeline.errors import InvalidInput
+from pipeline.unlearning import certify
+from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
+from pipeline.unlearning.curvature import CurvatureCache
+from pipeline.unlearning.loss import (
+    curvature_weights,
+    gradient_terms,
+    objective,
+    sigmoid,
+)
+from pipeline.unlearning.records import RecordTable
+from pipeline.unlearning.report import UpdateReport
+
+__all__ = ["LogisticUnlearner"]
+
+Array = NDArray[np.float64]
+
+METHODS = ("fisher", "influence")
+
+
+class LogisticUnlearner(BaseUnlearner):
+    """L2-regularised logistic regression that can forget and learn records in batches.
+
+    Parameters
+    ----------
+    lam : float
+        Regularisation per record: the penalty is ``lam * n / 2 * ||w||^2``.
+    sigma : float
+        Standard deviation of the objective perturbation b; 0 switches certification off.
+    epsilon, delta : float
+        The removal guarantee; with ``sigma`` they set ``budget_``.
+    seed : int
+        Seed of b (and nothing else: fitting is deterministic).
+    method : {"fisher", "influence"}
+        Default removal/addition rule for :meth:`forget` and :meth:`learn`.
+    certificate : {"exact", "bound"}
+        How the gradient residual is known: measured over the remaining records after every
+        update (default), or bounded by Guo et al.'s accumulated data-dependent bound.
+        See :mod:`pipeline.unlearning.certify`.
+    fit_intercept : bool
+        Append a constant feature (regularised like the others, as in Guo et al.'s objective,
+        which has no separate intercept).
+    tol : float
+        Fitting stops when every problem's gradient norm is below ``tol * n``.
+    max_iter : int
+        Newton iterations allowed per fit.
+    drift_tol : float
+        When to recompute the cached curvature from all records. With the exact
+        certificate: when an update's measured residual differs from the step's prediction
+        by more than this fraction of the step's right-hand side. With the bound: when more
+        than this fraction of a batch's bound increment comes from the cached curvature's
+        staleness (0 recomputes at every batch, which is Guo et al.'s algorithm).
+    max_corrections : int
+        Extra Fisher steps allowed per update while the residual exceeds half the budget.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    classes_ : ndarray of shape (n_classes,)
+    certificate_ : float
+        The current model's gradient residual norm (or its bound), summed over problems.
+    budget_ : float
+        ``sigma * epsilon / sqrt(2 ln(1.5 / delta))``.
+    worst_case_ : float
+        Guo et al.'s data-independent bound accumulated since the last full fit.
+    n_records_ : int
+    """
+
+    def __init__(
+        self,
+        lam: float = 1e-3,
+        sigma: float = 10.0,
+        epsilon: float = 1.0,
+        delta: float = 1e-4,
+        seed: int = 0,
+        *,
+        method: str = "fisher",
+        certificate: str = "exact",
+        fit_intercept: bool = False,
+        tol: float = 1e-9,
+        max_iter: int = 50,
+        drift_tol: float = 0.25,
+        max_corrections: int = 3,
+    ) -> None:
+        checks = [
+            (lam > 0, f"lam must be > 0, got {lam}"),
+            (sigma >= 0, f"sigma must be >= 0, got {sigma}"),
+            (epsilon > 0, f"epsilon must be > 0, got {epsilon}"),
+            (0 < delta < 1, f"delta must be in (0, 1), got {delta}"),
+            (method in METHODS, f"method must be one of {METHODS}, got {method!r}"),
+            (
+                certificate in certify.CERTIFICATES,
+                f"certificate must be one of {certify.CERTIFICATES}, got {certificate!r}",
+            ),
+            (tol > 0 and max_iter > 0, "tol and max_iter must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InvalidInput(msg)
+        self.lam = float(lam)
+        self.sigma = float(sigma)
+        self.epsilon = float(epsilon)
+        self.delta = float(delta)
+        self.seed = int(seed)
+        self.method = method
+        self.certificate = certificate
+        self.fit_intercept = bool(fit_intercept)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.drift_tol = float(drift_tol)
+        self.max_corrections = int(max_corrections)
+        self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
+
+    # -- public attributes ----------------------------------------------------------------
+    @property
+    def coef_(self) -> Array:
+        W = self._W[:, : self.n_features_in_]
+        return W[0].copy() if self._K == 1 else W.copy()
+
+    @property
+    def intercept_(self) -> Array:
+        if not self.fit_intercept:
+            return np.zeros(self._K)
+        return self._W[:, -1].copy()
+
+    @property
+    def certificate_(self) -> float:
+        return float(self._cert.sum())
+
+    @property
+    def worst_case_(self) -> float:
+        return self._worst_case
+
+    # -- prediction -----------------------------------------------------------------------
+    def decision_function(self, X: ArrayLike) -> Array:
+        """Margins, shape (n_samples,) for binary, (n_samples, n_classes) one-vs-rest."""
+        self._fitted_records()
+        Z = self._augment(check_features(X, self.n_features_in_)) @ self._W.T
+        return Z[:, 0] if self._K == 1 else Z
+
+    def predict_proba(self, X: ArrayLike) -> Array:
+        """Class probabilities (one-vs-rest sigmoids normalised, as scikit-learn does)."""
+        Z = self.decision_function(X)
+        if self._K == 1:
+            p = sigmoid(Z)
+            return np.column_stack([1.0 - p, p])
+        P = sigmoid(Z)
+        return P / P.sum(axis=1, keepdims=True)
+
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
+        """Most likely class of every row."""
+        Z = self.decision_function(X)
+        idx = (Z > 0).astype(np.intp) if self._K == 1 else np.argmax(Z, axis=1)
+        return self.classes_[idx]
+
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Mean accuracy."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    # -- targets --------------------------------------------------------------------------
+    def _encode_fit_targets(self, y: NDArray[Any]) -> NDArray[np.int64]:
+        classes = np.unique(y)
+        if classes.size < 2:
+            msg = f"y has {classes.size} class(es) {classes.tolist()!r}; need at least two"
+            raise InvalidInput(msg)
+        self.classes_ = classes
+        self._K = 1 if classes.size == 2 else classes.size
+        return self._label_indices(y)
+
+    def _encode_learn_targets(self, y: NDArray[Any]) -> NDArray[np.int64]:
+        return self._label_indices(y)
+
+    def _resolve_method(self, method: str | None) -> str:
+        method = self.method if method is None else method
+        if method not in METHODS:
+            msg = f"method must be one of {METHODS}, got {method!r}"
+            raise InvalidInput(msg)
+        return method
+
+    def _signs(self, targets: NDArray[np.int64]) -> Array:
+        """Labels in {-1, +1}, shape (n, K)."""
+        if self._K == 1:
+            return np.where(targets == 1, 1.0, -1.0)[:, None]
+        return np.where(targets[:, None] == np.arange(self._K)[None, :], 1.0, -1.0)
+
+    # -- linear algebra over the record buffer --------------------------------------------
+    def _margins(self, X: Array, W: Array) -> Array:
+        return (X @ W[0])[:, None] if self._K == 1 else X @ W.T
+
+    def _pullback(self, R: Array, X: Array) -> Array:
+        return (R[:, 0] @ X)[None, :] if self._K == 1 else R.T @ X
+
+    def _gradient(self, W: Array) -> Array:
+        """Exact :math:`\\nabla L_b(W; D)` over the held records, shape (K, d)."""
+        rec = self._fitted_records()
+        X, a = rec.X, rec.weights
+        R = gradient_terms(self._margins(X, W), self._signs(rec.targets), a)
+        return self._pullback(R, X) + self.lam * rec.n_records * W + self._B
+
+    def _objective(self, W: Array) -> Array:
+        rec = self._fitted_records()
+        return objective(rec.X, self._signs(rec.targets), W, self._B, self.lam, rec.weights)
+
+    def _recompute_curvature(self) -> None:
+        """Rebuild the cached curvature at the current model from all records (O(n d^2))."""
+        rec = self._fitted_records()
+        weights = curvature_weights(self._margins(rec.X, self._W)) * rec.weights[:, None]
+        self._curv.recompute(rec.X, weights, self.lam * rec.n_records)
+        self._cref = weights
+        self._drift = np.zeros(self._K)
+        self.n_curvature_recomputes_ += 1
+        if self.certificate == "bound":
+            self._gram = np.asfortranarray(rec.X.T @ rec.X)
+            self._spectral = certify.spectral_upper_bound(self._gram)
+
+    # -- fitting --------------------------------------------------------------------------
+    def _fit(self) -> None:
+        rec = self._fitted_records()
+        d = self._width
+        rng = np.random.default_rng(self.seed)
+        self._B = (
+            rng.normal(0.0, self.sigma, size=(self._K, d))
+            if self.sigma > 0
+            else np.zeros((self._K, d))
+        )
+        self._W = np.zeros((self._K, d))
+        self._curv = CurvatureCache(self._K, d)
+        self.n_curvature_recomputes_ = 0
+        self._recompute_curvature()
+        self._newton(progress=None)
+        self._reset_certificates(rec)
+
+    def _refit(self, progress: Progress | None) -> UpdateReport:
+        rec = self._fitted_records()
+        if progress is not None:
+            progress(0.0, "recomputing curvature")
+        self._recompute_curvature()
+        self._newton(progress)
+        self._reset_certificates(rec)
+        if progress is not None:
+            progress(1.0, "done")
+        return self._report("retrain", 0, 0, 0.0, recomputed=True)
+
+    def _reset_certificates(self, rec: RecordTable) -> None:
+        self._residual = self._gradient(self._W)
+        self._cert = np.linalg.norm(self._residual, axis=1)
+        self._worst_case = 0.0
+        rec.refresh_max_norm()
+
+    def _newton(self, progress: Progress | None) -> None:
+        """Damped Newton on the cached curvature, recomputed when contraction stalls."""
+        rec = self._fitted_records()
+        tol_abs = self.tol * max(rec.n_records, 1)
+        G = self._gradient(self._W)
+        norms = np.linalg.norm(G, axis=1)
+        fresh = True
+        start = max(float(norms.max()), tol_abs)
+        for _ in range(self.max_iter):
+            if norms.max() <= tol_abs:
+                break
+            S = self._curv.solve(G)
+            W, t = self._line_search(G, S)
+            self._drift += t * np.linalg.norm(S, axis=1)
+            self._W = W
+            G_new = self._gradient(W)
+            new = np.linalg.norm(G_new, axis=1)
+            stalled = (new > self.drift_tol * norms) & (norms > tol_abs)
+            if stalled.any():
+                if fresh and (new >= norms).all():
+                    G, norms = G_new, new
+                    break  # round-off floor reached with a fresh curvature
+                self._recompute_curvature()
+                fresh = True
+            else:
+                fresh = False
+            G, norms = G_new, new
+            if progress is not None and start > tol_abs:
+                done = math.log(start / max(float(norms.max()), tol_abs)) / math.log(
+                    start / tol_abs
+                )
+                progress(min(max(done, 0.0), 0.99), f"gradient norm {norms.max():.3g}")
+
+    def _line_search(self, G: Array, S: Array) -> tuple[Array, Array]:
+        """Armijo backtracking per problem along ``-S``; returns new W and step sizes."""
+        f0 = self._objective(self._W)
+        slope = -(G * S).sum(axis=1)
+        t = np.ones(self._K)
+        for _ in range(40):
+            W = self._W - t[:, None] * S
+            ok = self._objective(W) <= f0 + 1e-4 * t * slope + 1e-12 * np.abs(f0)
+            if ok.all():
+                break
+            t = np.where(ok, t, 0.5 * t)
+        return W, t
+
+    # -- updates --------------------------------------------------------------------------
+    def _remove(
+        self, rows: NDArray[np.intp], method: str, absent: tuple[Hashable, ...]
+    ) -> UpdateReport:
+        rec = self._fitted_records()
+        m = rows.size
+        if m == 0:
+            return self._report(method, 0, 0, 0.0, absent=absent)
+        n_before = rec.n_records
+        Xr = rec.X[rows].copy()
+        Rr = gradient_terms(self._margins(Xr, self._W), self._signs(rec.targets[rows]))
+        delta = self._pullback(Rr, Xr) + self.lam * m * self._W
+        self._curv.add(Xr, self._cref[rows], self.lam * m, sign=-1.0)
+        if self.certificate == "bound":
+            self._gram = blas.dsyrk(-1.0, Xr, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
+        rec.erase(rows)
+        self._cref[rows] = 0.0
+        Xr[:] = 0.0
+        C = rec.max_norm
+        sizes = n_before - np.arange(m)
+        self._worst_case += self._K * sum(
+            certify.worst_case_bound(C, self.lam, int(s)) for s in sizes
+        )
+        # the residual on D' at the old model: previous residual minus the removed gradient
+        return self._step(+delta, method, n_removed=m, n_added=0, absent=absent)
+
+    def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
+        rec = self._fitted_records()
+        m = rows.size
+        if m == 0:
+            return self._report(self.method, 0, 0, 0.0)
+        Xa = rec.X[rows]
+        Za = self._margins(Xa, self._W)
+        Ra = gradient_terms(Za, self._signs(rec.targets[rows]))
+        delta = self._pullback(Ra, Xa) + self.lam * m * self._W
+        weights = curvature_weights(Za)
+        self._cref = np.vstack([self._cref, np.zeros((rec.n_rows - self._cref.shape[0], self._K))])
+        self._cref[rows] = weights
+        self._curv.add(Xa, weights, self.lam * m, sign=1.0)
+        if self.certificate == "bound":
+            self._gram = blas.dsyrk(1.0, Xa, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
+            self._spectral = math.sqrt(self._spectral**2 + float((Xa * Xa).sum()))
+        C = rec.max_norm
+        sizes = rec.n_records - m + 1 + np.arange(m)
+        self._worst_case += self._K * sum(
+            certify.worst_case_bound(C, self.lam, int(s)) for s in sizes
+        )
+        return self._step(-delta, self.method, n_removed=0, n_added=m, absent=())
+
+    def _step(
+        self,
+        delta: Array,
+        method: str,
+        *,
+        n_removed: int,
+        n_added: int,
+        absent: tuple[Hashable, ...],
+    ) -> UpdateReport:
+        """Apply one influence or Fisher step and certify the result.
+
+        ``delta`` is the change of the gradient at the current model caused by the batch,
+        with the sign that makes :math:`\\nabla L_b(w; D_{new}) = r_{old} - \\delta`.
+        """
+        exact = self.certificate == "exact"
+        recomputed = False
+        if not exact and self.drift_tol == 0 and self._drift.any():
+            self._recompute_curvature()  # Guo et al.'s algorithm: the exact Hessian at w
+            recomputed = True
+        if method == "influence":
+            rhs = delta
+            step = self._curv.solve(delta)
+            predicted = self._residual  # influence carries the old residual over
+        else:
+            rhs = (self._residual - delta) if exact else self._gradient(self._W)
+            step = -self._curv.solve(rhs)
+            predicted = np.zeros_like(rhs)  # a Newton step aims at a zero residual
+        W = self._W + step
+        prev_cert = self.certificate_
+        if exact:
+            residual = self._gradient(W)
+            error = np.linalg.norm(residual - predicted, axis=1)
+            self._W = W
+            if (error > self.drift_tol * np.linalg.norm(rhs, axis=1)).any():
+                self._recompute_curvature()
+                recomputed = True
+            else:
+                self._drift += np.linalg.norm(step, axis=1)
+            if method == "fisher":
+                residual, recomputed = self._correct(residual, force=recomputed)
+            self._residual = residual
+            self._cert = np.linalg.norm(residual, axis=1)
+        else:
+            target = delta if method == "influence" else -rhs
+            increments, mismatch = self._bound_increments(step, target)
+            self._W = W
+            self._cert = self._cert + increments if method == "influence" else increments
+            self._drift += np.linalg.norm(step, axis=1)
+            if (mismatch > self.drift_tol * increments).any():
+                self._recompute_curvature()
+                recomputed = True
+        keep = self._fitted_records().compact()
+        if keep is not None:
+            self._cref = self._cref[keep]
+        return self._report(
+            method,
+            n_removed,
+            n_added,
+            self.certificate_ - prev_cert,
+            absent=absent,
+            recomputed=recomputed,
+        )
+
+    def _correct(self, residual: Array, *, force: bool) -> tuple[Array, bool]:
+        """Further Fisher steps while the residual is over half the budget (at most
+        ``max_corrections``), or once after the curvature was recomputed (``force``).
+
+        Each costs one solve and one pass over the records; a step that contracts the
+        residual by less than ``drift_tol`` recomputes the curvature first.
+        """
+        recomputed = force
+        for i in range(self.max_corrections):
+            over = self.budget_ > 0 and np.linalg.norm(residual, axis=1).sum() > 0.5 * self.budget_
+            if not (over or (force and i == 0)):
+                break
+            step = -self._curv.solve(residual)
+            self._W = self._W + step
+            new = self._gradient(self._W)
+            if np.linalg.norm(new) > self.drift_tol * np.linalg.norm(residual):
+                self._recompute_curvature()
+                recomputed = True
+            else:
+                self._drift += np.linalg.norm(step, axis=1)
+            residual = new
+        return residual, recomputed
+
+    def _bound_increments(self, step: Array, target: Array) -> tuple[Array, Array]:
+        """Per-problem bound on the residual's growth, and the part of it due to drift."""
+        C = self._fitted_records().max_norm
+        solve_residual = np.linalg.norm(self._curv.matvec(step) - target, axis=1)
+        inc, mismatch, taylor = (np.empty(self._K) for _ in range(3))
+        for k in range(self._K):
+            v = step[k]
+            Xv = math.sqrt(max(float(v @ blas.dsymv(1.0, self._gram, v)), 0.0))
+            taylor[k] = certify.bound_increment(
+                spectral=self._spectral,
+                step_norm=float(np.linalg.norm(v)),
+                Xv_norm=Xv,
+                C=C,
+                drift=0.0,
+                solve_residual=0.0,
+            )
+            inc[k] = certify.bound_increment(
+                spectral=self._spectral,
+                step_norm=float(np.linalg.norm(v)),
+                Xv_norm=Xv,
+                C=C,
+                drift=float(self._drift[k]),
+                solve_residual=float(solve_residual[k]),
+            )
+            mismatch[k] = inc[k] - taylor[k] - solve_residual[k]
+        return inc, mismatch
+
+    def _report(
+        self,
+        method: str,
+        n_removed: int,
+        n_added: int,
+        growth: float,
+        *,
+        absent: tuple[Hashable, ...] = (),
+        recomputed: bool = False,
+    ) -> UpdateReport:
+        cert = self.certificate_
+        on = self.budget_ > 0
+        next_cert = cert + max(float(growth), 0.0)
+        return UpdateReport(
+            method=method,
+            n_removed=n_removed,
+            n_added=n_added,
+            certificate=cert,
+            budget=self.budget_,
+            retrain_recommended=bool(on and next_cert > self.budget_),
+            seconds=0.0,
+            certified=bool(on and cert <= self.budget_),
+            certificate_kind=self.certificate,
+            already_absent=absent,
+            curvature_recomputed=recomputed,
+            worst_case=self._worst_case,
+            n_records=self._fitted_records().n_records,
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+    _PARAMS = (
+        "lam",
+        "sigma",
+        "epsilon",
+        "delta",
+        "seed",
+        "method",
+        "certificate",
+        "fit_intercept",
+        "tol",
+        "max_iter",
+        "drift_tol",
+        "max_corrections",
+    )
+
+    def state_dict(self, include_records: bool = False) -> dict[str, Any]:
+        """Everything needed to resume, as arrays and JSON scalars (never pickle).
+
+        Records' features are left out unless ``include_records``: the pipeline keeps them
+        in its record store and hands them back to :meth:`from_state_dict`.
+        """
+        state, keep = self._records_state(include_records)
+        state.update({name: getattr(self, name) for name in self._PARAMS})
+        state.update(
+            kind="logistic",
+            classes_json=json.dumps(self.classes_.tolist()),
+            W=self._W.copy(),
+            B=self._B.copy(),
+            curvature=self._curv.to_array(),
+            cref=self._cref[keep].copy(),
+            residual=self._residual.copy(),
+            cert=self._cert.copy(),
+            drift=self._drift.copy(),
+            worst_case=self._worst_case,
+            n_curvature_recomputes=self.n_curvature_recomputes_,
+        )
+        if self.certificate == "bound":
+            state.update(
+                gram=np.triu(self._gram) + np.triu(self._gram, 1).T, spectral=self._spectral
+            )
+        return state
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Any],
+        X: ArrayLike | None = None,
+        y: ArrayLike | None = None,
+        ids: Sequence[Hashable] | None = None,
+    ) -> LogisticUnlearner:
+        """Rebuild a model saved by :meth:`state_dict`.
+
+        Give the held records as ``X, y, ids`` (any order) unless the state includes them.
+        """
+        model = cls(**{name: state[name] for name in cls._PARAMS})
+        model.classes_ = np.asarray(json.loads(state["classes_json"]))
+        model._K = 1 if model.classes_.size == 2 else model.classes_.size
+        n_held = model._restore_records(state, X, y, ids)
+        model._W = np.array(state["W"], dtype=np.float64)
+        model._B = np.array(state["B"], dtype=np.float64)
+        model._curv = CurvatureCache.from_array(np.asarray(state["curvature"], dtype=np.float64))
+        model._cref = np.array(state["cref"], dtype=np.float64).reshape(n_held, model._K)
+        model._residual = np.array(state["residual"], dtype=np.float64)
+        model._cert = np.array(state["cert"], dtype=np.float64)
+        model._drift = np.array(state["drift"], dtype=np.float64)
+        model._worst_case = float(state["worst_case"])
+        model.n_curvature_recomputes_ = int(state["n_curvature_recomputes"])
+        if model.certificate == "bound":
+            model._gram = np.asfortranarray(state["gram"], dtype=np.float64)
+            model._spectral = float(state["spectral"])
+        return model

@@ -1,0 +1,97 @@
+r"""The perturbed logistic objective of Guo et al. (2020), for K stacked binary problems.
+
+With labels :math:`y_i \in \{-1, +1\}`, record weights :math:`a_i \in \{0, 1\}` (0 marks
+an erased row that is still in the buffer) and :math:`n = \sum_i a_i`,
+
+.. math::
+
+    L_b(w; D) = \sum_i a_i\,\ell(y_i x_i^\top w) + \frac{\lambda n}{2}\lVert w\rVert^2 + b^\top w,
+    \qquad \ell(z) = \log(1 + e^{-z})
+
+    \nabla L_b = \sum_i a_i\,(-y_i\,\sigma(-y_i x_i^\top w))\,x_i + \lambda n\,w + b
+
+    \nabla^2 L_b = \sum_i a_i\,\sigma(x_i^\top w)\,\sigma(-x_i^\top w)\,x_i x_i^\top + \lambda n\,I
+
+(Guo, Goldstein, Hannun, van der Maaten, "Certified Data Removal from Machine Learning
+Models", ICML 2020, eq. 2 and section 3.) One-vs-rest stacks K such problems that share
+``X``: ``W`` and ``B`` have shape ``(n_problems, n_features)`` and ``Y`` has shape
+``(n_samples, n_problems)``. Every function here is pure; none mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "KAPPA",
+    "curvature_weights",
+    "gradient",
+    "gradient_terms",
+    "objective",
+    "sigmoid",
+]
+
+Array = NDArray[np.float64]
+
+#: Lipschitz constant of the loss curvature: ``max |l'''(z)| = 1 / (6 sqrt 3)``.
+KAPPA = 1.0 / (6.0 * np.sqrt(3.0))
+
+
+def sigmoid(z: Array) -> Array:
+    """Numerically stable logistic function, elementwise."""
+    out = np.empty_like(z, dtype=np.float64)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def gradient_terms(Z: Array, Y: Array, a: Array | None = None) -> Array:
+    """Per-record loss derivative ``-y sigma(-y z)``, times the record weight.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n_samples, n_problems)
+        Margins ``X @ W.T``.
+    Y : ndarray of shape (n_samples, n_problems)
+        Labels in {-1, +1}.
+    a : ndarray of shape (n_samples,), optional
+        Record weights (1 present, 0 erased).
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_problems)
+    """
+    R = -Y * sigmoid(-Y * Z)
+    if a is not None:
+        R *= a[:, None]
+    return R
+
+
+def gradient(X: Array, Y: Array, W: Array, B: Array, lam: float, a: Array | None = None) -> Array:
+    """Gradient of :math:`L_b` for every problem, shape ``(n_problems, n_features)``."""
+    n = X.shape[0] if a is None else float(a.sum())
+    Z = X @ W.T
+    return gradient_terms(Z, Y, a).T @ X + lam * n * W + B
+
+
+def objective(X: Array, Y: Array, W: Array, B: Array, lam: float, a: Array | None = None) -> Array:
+    """Value of :math:`L_b` for every problem, shape ``(n_problems,)``."""
+    n = X.shape[0] if a is None else float(a.sum())
+    Z = X @ W.T
+    losses = np.logaddexp(0.0, -Y * Z)
+    if a is not None:
+        losses *= a[:, None]
+    return (
+        losses.sum(axis=0)
+        + 0.5 * lam * n * np.einsum("kd,kd->k", W, W)
+        + np.einsum("kd,kd->k", B, W)
+    )
+
+
+def curvature_weights(Z: Array) -> Array:
+    """Hessian weights ``sigma(z) sigma(-z)``, same shape as ``Z`` (labels drop out)."""
+    s = sigmoid(Z)
+    return s * (1.0 - s)

@@ -1,0 +1,176 @@
+"""The records an unlearner holds: a growable feature buffer indexed by record id.
+
+Rows are appended as records are learned. Forgetting a record zeroes its row at once (its
+features leave the process's memory, not just the index) and gives it weight 0, so the
+maths can keep running over the whole buffer without copying it; the buffer is compacted
+when erased rows make up half of it. Ids of forgotten records are remembered (the ids only)
+so that forgetting the same record twice is reported instead of raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import DuplicateRecord, UnknownRecord
+
+__all__ = ["RecordTable"]
+
+Array = NDArray[np.float64]
+
+
+class RecordTable:
+    """Features, label indices and ids of the records a model currently holds.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of a row, including any intercept column.
+    capacity : int
+        Rows to reserve up front.
+    """
+
+    def __init__(
+        self, n_features: int, capacity: int = 1024, target_dtype: type = np.int64
+    ) -> None:
+        capacity = max(int(capacity), 16)
+        self._X = np.zeros((capacity, n_features))
+        self._targets: NDArray[Any] = np.zeros(capacity, dtype=target_dtype)
+        self._present = np.zeros(capacity, dtype=bool)
+        self._row_of: dict[Hashable, int] = {}
+        self._id_at: list[Hashable | None] = []
+        self.forgotten: set[Hashable] = set()
+        self._size = 0
+        self.n_appended = 0
+        self.max_norm = 0.0
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        """Rows in use in the buffer, erased ones included."""
+        return self._size
+
+    @property
+    def n_records(self) -> int:
+        """Records currently held."""
+        return len(self._row_of)
+
+    @property
+    def X(self) -> Array:
+        """Feature rows in use, shape (n_rows, n_features); erased rows are all zero."""
+        return self._X[: self._size]
+
+    @property
+    def targets(self) -> NDArray[Any]:
+        """Target of every row in use (a class index, or a real value for regression)."""
+        return self._targets[: self._size]
+
+    @property
+    def weights(self) -> Array:
+        """1.0 for a held record, 0.0 for an erased row."""
+        return self._present[: self._size].astype(np.float64)
+
+    def ids(self) -> list[Hashable]:
+        """Ids of the held records, in row order."""
+        return [i for i in self._id_at if i is not None]
+
+    def __contains__(self, record_id: Hashable) -> bool:
+        return record_id in self._row_of
+
+    # -- changes --------------------------------------------------------------------------
+    def append(self, X: Array, targets: NDArray[Any], ids: Sequence[Hashable]) -> NDArray[np.intp]:
+        """Add records; returns their rows. Raises :class:`DuplicateRecord` on a held id."""
+        seen: set[Hashable] = set()
+        for record_id in ids:
+            if record_id in self._row_of or record_id in seen:
+                raise DuplicateRecord(record_id)
+            seen.add(record_id)
+        m = X.shape[0]
+        self._reserve(self._size + m)
+        rows = np.arange(self._size, self._size + m)
+        self._X[rows] = X
+        self._targets[rows] = targets
+        self._present[rows] = True
+        for row, record_id in zip(rows.tolist(), ids, strict=True):
+            self._row_of[record_id] = row
+            self._id_at.append(record_id)
+            self.forgotten.discard(record_id)
+        self._size += m
+        self.n_appended += m
+        if m:
+            self.max_norm = max(self.max_norm, float(np.sqrt((X * X).sum(axis=1)).max()))
+        return rows
+
+    def locate(
+        self, ids: Iterable[Hashable]
+    ) -> tuple[NDArray[np.intp], list[Hashable], list[Hashable]]:
+        """Rows of the held ids among ``ids``, those ids, and the already-forgotten ones.
+
+        Duplicates within ``ids`` count once. Raises :class:`UnknownRecord` for an id the
+        table never held.
+        """
+        rows: list[int] = []
+        found: list[Hashable] = []
+        absent: list[Hashable] = []
+        seen: set[Hashable] = set()
+        for record_id in ids:
+            if record_id in seen:
+                continue
+            seen.add(record_id)
+            row = self._row_of.get(record_id)
+            if row is not None:
+                rows.append(row)
+                found.append(record_id)
+            elif record_id in self.forgotten:
+                absent.append(record_id)
+            else:
+                raise UnknownRecord(record_id)
+        return np.asarray(rows, dtype=np.intp), found, absent
+
+    def erase(self, rows: NDArray[np.intp]) -> None:
+        """Forget the records at ``rows``: zero their features and drop their ids."""
+        for row in rows.tolist():
+            record_id = self._id_at[row]
+            del self._row_of[record_id]
+            self._id_at[row] = None
+            self.forgotten.add(record_id)
+        self._X[rows] = 0.0
+        self._present[rows] = False
+
+    def compact(self) -> NDArray[np.intp] | None:
+        """Drop erased rows when they are half the buffer; returns the kept rows' old indices."""
+        if self._size == 0 or self.n_records * 2 > self._size:
+            return None
+        keep = np.flatnonzero(self._present[: self._size])
+        m = keep.size
+        self._X[:m] = self._X[keep]
+        self._X[m : self._size] = 0.0
+        self._targets[:m] = self._targets[keep]
+        self._present[:m] = True
+        self._present[m : self._size] = False
+        self._id_at = [self._id_at[i] for i in keep.tolist()]
+        self._row_of = {record_id: row for row, record_id in enumerate(self._id_at)}
+        self._size = m
+        return keep
+
+    def refresh_max_norm(self) -> float:
+        """Recompute the largest row norm from the held records (it only grows otherwise)."""
+        X = self.X
+        self.max_norm = float(np.sqrt((X * X).sum(axis=1)).max()) if X.shape[0] else 0.0
+        return self.max_norm
+
+    def _reserve(self, size: int) -> None:
+        capacity = self._X.shape[0]
+        if size <= capacity:
+            return
+        new = max(size, 2 * capacity)
+        X = np.zeros((new, self._X.shape[1]))
+        X[: self._size] = self._X[: self._size]
+        targets = np.zeros(new, dtype=self._targets.dtype)
+        targets[: self._size] = self._targets[: self._size]
+        present = np.zeros(new, dtype=bool)
+        present[: self._size] = self._present[: self._size]
+        self._X, self._targets, self._present = X, targets, present

@@ -1,0 +1,65 @@
+"""What one engine update did, for logs, receipts and the model registry."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["UpdateReport"]
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """The outcome of ``fit``, ``forget``, ``learn`` or ``refit``.
+
+    Attributes
+    ----------
+    method : str
+        ``"influence"``, ``"fisher"``, ``"exact"`` (ridge), ``"fit"`` or ``"retrain"``.
+    n_removed, n_added : int
+        Records taken out and put in by this update.
+    certificate : float
+        Gradient residual norm of the released model (or its upper bound, see
+        ``certificate_kind``), summed over one-vs-rest problems.
+    budget : float
+        The largest certificate that keeps the (epsilon, delta) guarantee; 0 when
+        certification is off.
+    retrain_recommended : bool
+        True when this model is over budget or the next batch like this one would be.
+    seconds : float
+        Wall time of the update.
+    certified : bool
+        ``certificate <= budget`` (False whenever certification is off).
+    certificate_kind : str
+        ``"exact"`` or ``"bound"``.
+    already_absent : tuple
+        Ids asked to be forgotten that had already been forgotten; nothing was applied.
+    curvature_recomputed : bool
+        The cached curvature was rebuilt from all records during this update because the
+        residual showed it had drifted.
+    worst_case : float
+        Guo et al.'s data-independent bound accumulated since the last full fit.
+    n_records : int
+        Records held after the update.
+    """
+
+    method: str
+    n_removed: int
+    n_added: int
+    certificate: float
+    budget: float
+    retrain_recommended: bool
+    seconds: float
+    certified: bool = False
+    certificate_kind: str = "exact"
+    already_absent: tuple[Hashable, ...] = field(default_factory=tuple)
+    curvature_recomputed: bool = False
+    worst_case: float = 0.0
+    n_records: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (ids as given)."""
+        out = asdict(self)
+        out["already_absent"] = list(self.already_absent)
+        return out
