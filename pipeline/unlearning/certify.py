@@ -10,14 +10,13 @@ Guo et al. (ICML 2020), Theorem 3: let :math:`w^-` be the model released after a
 
 (the budget).
 
-The theorem constrains :math:`\lVert u\rVert` itself; any way of knowing it suffices. This
-module provides the two ways the engine offers:
+The theorem constrains :math:`\lVert u\rVert` itself; any way of knowing it, or an upper
+bound of it, suffices. The engine offers three:
 
-``"exact"`` (the default)
-    :math:`\lVert u\rVert` computed over the remaining data after every update: two passes
-    over ``X`` (``O(n d)`` per problem), with no curvature recomputation. It *is* the quantity
-    the theorem bounds, so it is valid for any update rule (influence, Fisher, with a cached
-    curvature) and never looser than a bound of it.
+``"exact"``
+    :math:`\lVert u\rVert` measured over the remaining data after every update: two passes
+    over ``X`` (``O(n d)`` per problem). It *is* the quantity the theorem bounds, so it is
+    valid for any update rule (influence, Fisher, with a cached curvature).
 
 ``"bound"``
     Guo's data-dependent bound accumulated over batches (Corollary 2):
@@ -25,6 +24,14 @@ module provides the two ways the engine offers:
     with :math:`v_t = H^{-1}\Delta_t` and :math:`\gamma = 1/4`. Guo's bound assumes the exact
     Hessian at :math:`w`; the engine caches curvature, so it adds the terms that make the
     bound hold for a cached curvature (see :func:`bound_increment`).
+
+``"adaptive"`` (the default)
+    The last exact measurement plus the per-batch increments of :func:`bound_increment`
+    since: an upper bound at every version, by the triangle inequality, at ``O(d^2)`` per
+    batch. When it passes a set fraction of the budget the residual is measured again and
+    the running value drops back to the measurement. Retraining is recommended only when
+    the *measured* residual is over budget, which, since measured residuals are orders of
+    magnitude below the accumulated bound, comes far later than with ``"bound"``.
 
 The worst-case bound for one removal (Guo et al., Theorem 1) is
 :math:`4\gamma C^2 / (\lambda^2 (n-1))` with :math:`C = \max_i \lVert x_i\rVert`.
@@ -41,10 +48,12 @@ import numpy as np
 from pipeline.unlearning.loss import KAPPA
 
 __all__ = [
-    "GUO_GAMMA",
     "CERTIFICATES",
+    "GUO_GAMMA",
     "bound_increment",
     "budget",
+    "spectral_upper_bound",
+    "weight_error",
     "worst_case_bound",
 ]
 
@@ -52,7 +61,7 @@ __all__ = [
 GUO_GAMMA = 0.25
 
 #: The certificate kinds an unlearner accepts.
-CERTIFICATES = ("exact", "bound")
+CERTIFICATES = ("adaptive", "exact", "bound")
 
 
 def budget(sigma: float, epsilon: float, delta: float) -> float:
@@ -78,26 +87,25 @@ def bound_increment(
     step_norm: float,
     Xv_norm: float,
     C: float,
-    drift: float,
+    weight_error: float,
     solve_residual: float,
 ) -> float:
     r"""Upper bound on how much one update can grow the gradient residual, for one problem.
 
-    With the old residual :math:`r`, the removed points' gradient :math:`\Delta`, the step
+    With the old residual :math:`r`, the batch's gradient change :math:`\Delta`, the step
     :math:`v` solved against the cached curvature :math:`\tilde H` (so that
     :math:`\lVert \tilde H v - \Delta\rVert` is ``solve_residual``), the new residual is
 
     .. math::
 
         r + (\tilde H v - \Delta) + (H(w) - \tilde H) v + T, \qquad
-        \lVert T\rVert \le \gamma \lVert X'\rVert_2 \lVert v\rVert \lVert X' v\rVert
+        \lVert T\rVert \le \gamma C \lVert X'\rVert_2 \lVert v\rVert \lVert X' v\rVert
 
-    (Guo et al., Corollary 2, with C = 1 absorbed into ``gamma`` as they do, and
-    :math:`\gamma C` kept here for general C). Each record's curvature weight in
-    :math:`\tilde H` was taken at a point within ``drift`` (path length since the curvature
-    was last recomputed) of the current :math:`w`, and :math:`|\ell'''| \le \kappa`, so
-    :math:`\lVert (H(w) - \tilde H) v\rVert \le \kappa C\,\mathrm{drift}\,\lVert X'\rVert_2
-    \lVert X' v\rVert`.
+    (the Taylor remainder of Guo et al., Corollary 2, who take C = 1). The cached curvature
+    differs from the true one only in its records' weights: if every weight is within
+    ``weight_error`` of the true :math:`\ell''(x_i^\top w)`, then
+    :math:`\lVert (H(w) - \tilde H) v\rVert \le` ``weight_error``
+    :math:`\cdot \lVert X'\rVert_2 \lVert X' v\rVert`. See :func:`weight_error`.
 
     Parameters
     ----------
@@ -107,14 +115,26 @@ def bound_increment(
         :math:`\lVert v\rVert` and :math:`\lVert X' v\rVert`.
     C : float
         An upper bound on the largest record norm.
-    drift : float
-        Path length of ``w`` since the curvature was last recomputed from all data.
+    weight_error : float
+        An upper bound on the largest error of a cached curvature weight.
     solve_residual : float
         :math:`\lVert \tilde H v - \Delta\rVert`.
     """
     taylor = GUO_GAMMA * C * spectral * step_norm * Xv_norm
-    mismatch = KAPPA * C * drift * spectral * Xv_norm
+    mismatch = weight_error * spectral * Xv_norm
     return float(taylor + mismatch + solve_residual)
+
+
+def weight_error(measured: float, C: float, drift: float) -> float:
+    r"""Bound on how far the cached curvature weights are from the true ones at w.
+
+    ``measured`` is the largest error :math:`|\ell''(x_i^\top w_m) - c_i|` at the last point
+    :math:`w_m` where it was computed (0 right after the curvature was recomputed) and
+    ``drift`` the path length of w since; the third derivative of the loss is at most
+    :math:`\kappa` in magnitude, so each weight moved by at most
+    :math:`\kappa C \lVert w - w_m\rVert`. Weights lie in (0, 1/4], so no error exceeds 1/4.
+    """
+    return min(0.25, measured + KAPPA * C * drift)
 
 
 def spectral_upper_bound(gram: np.ndarray) -> float:

@@ -19,11 +19,13 @@ Removing a batch R of m records (D' = D \ R), with the removed records' gradient
 
 Learning a batch A is the same step with the sign of :math:`\Delta` reversed.
 :math:`\tilde H` is the cached curvature (:class:`~pipeline.unlearning.curvature.CurvatureCache`):
-a batch costs ``O(m d^2 + d^3)`` per problem for the curvature plus, for the default
-``"exact"`` certificate, two passes over the records (``O(n d)``) to measure the residual.
-Nothing here costs ``O(n d^2)`` except fitting and the rare recomputation of the curvature,
-triggered when the measured residual strays from what the step predicted by more than
-``drift_tol`` of the step's size, and reported as ``curvature_recomputed``.
+a batch costs ``O(m d^2)`` per problem for the curvature and a few ``O(d^2)`` solver
+iterations, whatever n is. Knowing the residual exactly costs two passes over the records
+(``O(n d)``): the ``"exact"`` certificate pays it every batch, the default ``"adaptive"`` one
+only when its running bound passes ``measure_above`` of the budget (and a Fisher step then
+corrects the measured residual). Nothing costs ``O(n d^2)`` except fitting and the rare
+recomputation of the curvature, triggered when the residual shows the cached curvature has
+drifted (``drift_tol``) and reported as ``curvature_recomputed``.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ class LogisticUnlearner(BaseUnlearner):
         Seed of b (and nothing else: fitting is deterministic).
     method : {"fisher", "influence"}
         Default removal/addition rule for :meth:`forget` and :meth:`learn`.
-    certificate : {"exact", "bound"}
-        How the gradient residual is known: measured over the remaining records after every
-        update (default), or bounded by Guo et al.'s accumulated data-dependent bound.
-        See :mod:`pipeline.unlearning.certify`.
+    certificate : {"adaptive", "exact", "bound"}
+        How the gradient residual is known (see :mod:`pipeline.unlearning.certify`):
+        ``"adaptive"`` (default) adds a per-batch bound (``O(d^2)``) to the last exact
+        measurement and measures again (``O(n d)``) once it passes ``measure_above`` of
+        the budget; ``"exact"`` measures after every update; ``"bound"`` is Guo et al.'s
+        accumulated data-dependent bound alone.
     fit_intercept : bool
         Append a constant feature (regularised like the others, as in Guo et al.'s objective,
         which has no separate intercept).
@@ -84,13 +88,16 @@ class LogisticUnlearner(BaseUnlearner):
     max_iter : int
         Newton iterations allowed per fit.
     drift_tol : float
-        When to recompute the cached curvature from all records. With the exact
-        certificate: when an update's measured residual differs from the step's prediction
-        by more than this fraction of the step's right-hand side. With the bound: when more
-        than this fraction of a batch's bound increment comes from the cached curvature's
-        staleness (0 recomputes at every batch, which is Guo et al.'s algorithm).
+        When to recompute the cached curvature from all records. When measuring: if the
+        measured residual differs from the step's prediction by more than this fraction of
+        the step's right-hand side. When bounding: if more than this fraction of a batch's
+        bound increment comes from the cached curvature's staleness (0 recomputes before
+        every batch, which is Guo et al.'s algorithm).
     max_corrections : int
-        Extra Fisher steps allowed per update while the residual exceeds half the budget.
+        Corrective Newton steps allowed after a measurement (``fisher`` only) while the
+        residual exceeds ``measure_above`` of the budget.
+    measure_above : float
+        Fraction of the budget at which ``"adaptive"`` measures the residual exactly.
 
     Attributes
     ----------
@@ -106,6 +113,22 @@ class LogisticUnlearner(BaseUnlearner):
     n_records_ : int
     """
 
+    # fitted state (set by fit / from_state_dict)
+    _K: int
+    _W: Array
+    _B: Array
+    _curv: CurvatureCache
+    _cref: Array
+    _residual: Array
+    _residual_known: bool
+    _cert: Array
+    _drift: Array
+    _weight_error: Array
+    _worst_case: float
+    _gram: Array
+    _spectral: float
+    n_curvature_recomputes_: int
+
     def __init__(
         self,
         lam: float = 1e-3,
@@ -115,12 +138,13 @@ class LogisticUnlearner(BaseUnlearner):
         seed: int = 0,
         *,
         method: str = "fisher",
-        certificate: str = "exact",
+        certificate: str = "adaptive",
         fit_intercept: bool = False,
         tol: float = 1e-9,
         max_iter: int = 50,
         drift_tol: float = 0.25,
         max_corrections: int = 3,
+        measure_above: float = 0.5,
     ) -> None:
         checks = [
             (lam > 0, f"lam must be > 0, got {lam}"),
@@ -149,6 +173,7 @@ class LogisticUnlearner(BaseUnlearner):
         self.max_iter = int(max_iter)
         self.drift_tol = float(drift_tol)
         self.max_corrections = int(max_corrections)
+        self.measure_above = float(measure_above)
         self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
 
     # -- public attributes ----------------------------------------------------------------
@@ -231,11 +256,16 @@ class LogisticUnlearner(BaseUnlearner):
         return (R[:, 0] @ X)[None, :] if self._K == 1 else R.T @ X
 
     def _gradient(self, W: Array) -> Array:
-        """Exact :math:`\\nabla L_b(W; D)` over the held records, shape (K, d)."""
+        r"""Exact :math:`\nabla L_b(W; D)` over the held records, shape (K, d)."""
+        return self._gradient_and_margins(W)[0]
+
+    def _gradient_and_margins(self, W: Array) -> tuple[Array, Array]:
+        """The exact gradient and the margins ``X @ W.T`` it was computed from."""
         rec = self._fitted_records()
         X, a = rec.X, rec.weights
-        R = gradient_terms(self._margins(X, W), self._signs(rec.targets), a)
-        return self._pullback(R, X) + self.lam * rec.n_records * W + self._B
+        Z = self._margins(X, W)
+        R = gradient_terms(Z, self._signs(rec.targets), a)
+        return self._pullback(R, X) + self.lam * rec.n_records * W + self._B, Z
 
     def _objective(self, W: Array) -> Array:
         rec = self._fitted_records()
@@ -248,8 +278,9 @@ class LogisticUnlearner(BaseUnlearner):
         self._curv.recompute(rec.X, weights, self.lam * rec.n_records)
         self._cref = weights
         self._drift = np.zeros(self._K)
+        self._weight_error = np.zeros(self._K)
         self.n_curvature_recomputes_ += 1
-        if self.certificate == "bound":
+        if self.certificate != "exact":
             self._gram = np.asfortranarray(rec.X.T @ rec.X)
             self._spectral = certify.spectral_upper_bound(self._gram)
 
@@ -282,8 +313,7 @@ class LogisticUnlearner(BaseUnlearner):
         return self._report("retrain", 0, 0, 0.0, recomputed=True)
 
     def _reset_certificates(self, rec: RecordTable) -> None:
-        self._residual = self._gradient(self._W)
-        self._cert = np.linalg.norm(self._residual, axis=1)
+        self._remeasure()
         self._worst_case = 0.0
         rec.refresh_max_norm()
 
@@ -346,7 +376,7 @@ class LogisticUnlearner(BaseUnlearner):
         Rr = gradient_terms(self._margins(Xr, self._W), self._signs(rec.targets[rows]))
         delta = self._pullback(Rr, Xr) + self.lam * m * self._W
         self._curv.add(Xr, self._cref[rows], self.lam * m, sign=-1.0)
-        if self.certificate == "bound":
+        if self.certificate != "exact":
             self._gram = blas.dsyrk(-1.0, Xr, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
         rec.erase(rows)
         self._cref[rows] = 0.0
@@ -372,7 +402,7 @@ class LogisticUnlearner(BaseUnlearner):
         self._cref = np.vstack([self._cref, np.zeros((rec.n_rows - self._cref.shape[0], self._K))])
         self._cref[rows] = weights
         self._curv.add(Xa, weights, self.lam * m, sign=1.0)
-        if self.certificate == "bound":
+        if self.certificate != "exact":
             self._gram = blas.dsyrk(1.0, Xa, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
             self._spectral = math.sqrt(self._spectral**2 + float((Xa * Xa).sum()))
         C = rec.max_norm
@@ -391,48 +421,50 @@ class LogisticUnlearner(BaseUnlearner):
         n_added: int,
         absent: tuple[Hashable, ...],
     ) -> UpdateReport:
-        """Apply one influence or Fisher step and certify the result.
+        r"""Apply one influence or Fisher step and certify the result.
 
         ``delta`` is the change of the gradient at the current model caused by the batch,
-        with the sign that makes :math:`\\nabla L_b(w; D_{new}) = r_{old} - \\delta`.
+        with the sign that makes :math:`\nabla L_b(w; D_{new}) = r_{old} - \delta`.
+        A Fisher step needs the remaining data's gradient: it is ``r_old - delta`` when the
+        old residual is known exactly at the current model (always with ``"exact"``, right
+        after a measurement with ``"adaptive"``), a pass over the records with ``"bound"``;
+        otherwise (``"adaptive"`` between measurements) the step is an influence step and
+        the Fisher correction waits for the next measurement.
         """
-        exact = self.certificate == "exact"
+        mode = self.certificate
         recomputed = False
-        if not exact and self.drift_tol == 0 and self._drift.any():
+        if mode != "exact" and self.drift_tol == 0 and self._drift.any():
             self._recompute_curvature()  # Guo et al.'s algorithm: the exact Hessian at w
             recomputed = True
-        if method == "influence":
+        newton = method == "fisher" and (self._residual_known or mode == "bound")
+        if newton:
+            rhs = (self._residual - delta) if self._residual_known else self._gradient(self._W)
+            step = -self._curv.solve(rhs)
+            target, carried = -rhs, np.zeros(self._K)  # a Newton step aims at zero
+        else:
             rhs = delta
             step = self._curv.solve(delta)
-            predicted = self._residual  # influence carries the old residual over
-        else:
-            rhs = (self._residual - delta) if exact else self._gradient(self._W)
-            step = -self._curv.solve(rhs)
-            predicted = np.zeros_like(rhs)  # a Newton step aims at a zero residual
-        W = self._W + step
+            target, carried = delta, self._cert  # influence carries the old residual over
         prev_cert = self.certificate_
-        if exact:
-            residual = self._gradient(W)
-            error = np.linalg.norm(residual - predicted, axis=1)
-            self._W = W
-            if (error > self.drift_tol * np.linalg.norm(rhs, axis=1)).any():
-                self._recompute_curvature()
-                recomputed = True
-            else:
-                self._drift += np.linalg.norm(step, axis=1)
-            if method == "fisher":
-                residual, recomputed = self._correct(residual, force=recomputed)
-            self._residual = residual
-            self._cert = np.linalg.norm(residual, axis=1)
+        if mode == "exact":
+            predicted = np.zeros_like(rhs) if newton else self._residual
+            self._W = self._W + step
+            recomputed = self._measure(step, predicted, rhs) or recomputed
         else:
-            target = delta if method == "influence" else -rhs
             increments, mismatch = self._bound_increments(step, target)
-            self._W = W
-            self._cert = self._cert + increments if method == "influence" else increments
+            self._W = self._W + step
+            self._cert = carried + increments
+            self._residual_known = False
             self._drift += np.linalg.norm(step, axis=1)
-            if (mismatch > self.drift_tol * increments).any():
+            if mode == "bound" and (mismatch > self.drift_tol * increments).any():
                 self._recompute_curvature()
                 recomputed = True
+            if mode == "adaptive" and (
+                self.budget_ == 0 or self.certificate_ > self.measure_above * self.budget_
+            ):
+                recomputed = self._remeasure() or recomputed
+        if method == "fisher" and self._residual_known:
+            recomputed = self._correct(force=recomputed and mode == "exact") or recomputed
         keep = self._fitted_records().compact()
         if keep is not None:
             self._cref = self._cref[keep]
@@ -445,54 +477,78 @@ class LogisticUnlearner(BaseUnlearner):
             recomputed=recomputed,
         )
 
-    def _correct(self, residual: Array, *, force: bool) -> tuple[Array, bool]:
-        """Further Fisher steps while the residual is over half the budget (at most
-        ``max_corrections``), or once after the curvature was recomputed (``force``).
+    def _set_residual(self, residual: Array) -> None:
+        """Record an exact measurement of the gradient residual at the current model."""
+        self._residual = residual
+        self._residual_known = True
+        self._cert = np.linalg.norm(residual, axis=1)
 
-        Each costs one solve and one pass over the records; a step that contracts the
-        residual by less than ``drift_tol`` recomputes the curvature first.
+    def _remeasure(self) -> bool:
+        """Measure the residual exactly, and how stale the cached curvature weights are.
+
+        The weights' largest error at this model restarts the bound's curvature term
+        (:func:`~pipeline.unlearning.certify.weight_error`); when some weight is off by
+        more than ``drift_tol`` of the largest possible weight (1/4), the curvature is
+        recomputed from all records.
         """
-        recomputed = force
+        G, Z = self._gradient_and_margins(self._W)
+        self._set_residual(G)
+        present = self._fitted_records().weights > 0
+        errors = np.abs(curvature_weights(Z[present]) - self._cref[present])
+        self._weight_error = errors.max(axis=0) if errors.size else np.zeros(self._K)
+        self._drift = np.zeros(self._K)
+        if (self._weight_error > 0.25 * self.drift_tol).any():
+            self._recompute_curvature()
+            return True
+        return False
+
+    def _measure(self, step: Array, predicted: Array, rhs: Array) -> bool:
+        """Measure the residual after ``step``; recompute the curvature if it strayed from
+        ``predicted`` by more than ``drift_tol`` of the step's right-hand side."""
+        residual = self._gradient(self._W)
+        self._set_residual(residual)
+        error = np.linalg.norm(residual - predicted, axis=1)
+        if (error > self.drift_tol * np.linalg.norm(rhs, axis=1)).any():
+            self._recompute_curvature()
+            return True
+        self._drift += np.linalg.norm(step, axis=1)
+        return False
+
+    def _correct(self, *, force: bool) -> bool:
+        """Corrective Newton steps on the measured residual while it is over
+        ``measure_above`` of the budget (at most ``max_corrections``), or once after the
+        curvature was recomputed (``force``). Each costs one solve and one pass over the
+        records; returns whether the curvature had to be recomputed.
+        """
+        recomputed = False
         for i in range(self.max_corrections):
-            over = self.budget_ > 0 and np.linalg.norm(residual, axis=1).sum() > 0.5 * self.budget_
+            over = self.budget_ > 0 and self.certificate_ > self.measure_above * self.budget_
             if not (over or (force and i == 0)):
                 break
-            step = -self._curv.solve(residual)
+            old = self._residual
+            step = -self._curv.solve(old)
             self._W = self._W + step
-            new = self._gradient(self._W)
-            if np.linalg.norm(new) > self.drift_tol * np.linalg.norm(residual):
-                self._recompute_curvature()
-                recomputed = True
-            else:
-                self._drift += np.linalg.norm(step, axis=1)
-            residual = new
-        return residual, recomputed
+            recomputed = self._measure(step, np.zeros_like(step), old) or recomputed
+        return recomputed
 
     def _bound_increments(self, step: Array, target: Array) -> tuple[Array, Array]:
-        """Per-problem bound on the residual's growth, and the part of it due to drift."""
+        """Per-problem bound on the residual's growth, and the part of it due to staleness."""
         C = self._fitted_records().max_norm
         solve_residual = np.linalg.norm(self._curv.matvec(step) - target, axis=1)
-        inc, mismatch, taylor = (np.empty(self._K) for _ in range(3))
+        inc, mismatch = np.empty(self._K), np.empty(self._K)
         for k in range(self._K):
             v = step[k]
             Xv = math.sqrt(max(float(v @ blas.dsymv(1.0, self._gram, v)), 0.0))
-            taylor[k] = certify.bound_increment(
-                spectral=self._spectral,
-                step_norm=float(np.linalg.norm(v)),
-                Xv_norm=Xv,
-                C=C,
-                drift=0.0,
-                solve_residual=0.0,
-            )
+            error = certify.weight_error(float(self._weight_error[k]), C, float(self._drift[k]))
             inc[k] = certify.bound_increment(
                 spectral=self._spectral,
                 step_norm=float(np.linalg.norm(v)),
                 Xv_norm=Xv,
                 C=C,
-                drift=float(self._drift[k]),
+                weight_error=error,
                 solve_residual=float(solve_residual[k]),
             )
-            mismatch[k] = inc[k] - taylor[k] - solve_residual[k]
+            mismatch[k] = error * self._spectral * Xv
         return inc, mismatch
 
     def _report(
@@ -556,12 +612,14 @@ class LogisticUnlearner(BaseUnlearner):
             curvature=self._curv.to_array(),
             cref=self._cref[keep].copy(),
             residual=self._residual.copy(),
+            residual_known=self._residual_known,
             cert=self._cert.copy(),
             drift=self._drift.copy(),
+            weight_error=self._weight_error.copy(),
             worst_case=self._worst_case,
             n_curvature_recomputes=self.n_curvature_recomputes_,
         )
-        if self.certificate == "bound":
+        if self.certificate != "exact":
             state.update(
                 gram=np.triu(self._gram) + np.triu(self._gram, 1).T, spectral=self._spectral
             )
@@ -588,11 +646,13 @@ class LogisticUnlearner(BaseUnlearner):
         model._curv = CurvatureCache.from_array(np.asarray(state["curvature"], dtype=np.float64))
         model._cref = np.array(state["cref"], dtype=np.float64).reshape(n_held, model._K)
         model._residual = np.array(state["residual"], dtype=np.float64)
+        model._residual_known = bool(state["residual_known"])
         model._cert = np.array(state["cert"], dtype=np.float64)
         model._drift = np.array(state["drift"], dtype=np.float64)
+        model._weight_error = np.array(state["weight_error"], dtype=np.float64)
         model._worst_case = float(state["worst_case"])
         model.n_curvature_recomputes_ = int(state["n_curvature_recomputes"])
-        if model.certificate == "bound":
+        if model.certificate != "exact":
             model._gram = np.asfortranarray(state["gram"], dtype=np.float64)
             model._spectral = float(state["spectral"])
         return model
