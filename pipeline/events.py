@@ -1,0 +1,421 @@
+"""Event schemas: the JSON that flows through the pipeline's Kafka topics.
+
+Every event is a frozen pydantic model with a ``schema`` version field, a ``type``
+discriminator and a client-supplied id (``event_id``, or ``request_id`` for deletion
+requests) that is its idempotency key: a consumer that sees the same id twice applies
+it once. Validation happens at the edge: :func:`decode_event` turns bytes into the
+right model or raises :class:`~pipeline.errors.SchemaError` naming the bad field.
+
+Topics (DESIGN section 4): ``RecordAdded`` on ``unlearn.records``; ``DeletionRequested``
+on ``unlearn.deletions``; ``ModelPublished`` on ``unlearn.model-updates``;
+``RetrainRequested`` / ``RetrainCompleted`` on ``unlearn.retrain``; ``Receipt`` on
+``unlearn.receipts``; ``DeadLetter`` on ``unlearn.dead-letter``; ``ClientStats``,
+``ClientRemoved``, ``ClassRemoved`` on ``unlearn.federated``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Self, TypeVar, overload
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from pipeline.errors import SchemaError
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_BATCH_IDS",
+    "MAX_FEATURES",
+    "SCHEMA_VERSION",
+    "ClassRemoved",
+    "ClientRemoved",
+    "ClientStats",
+    "DeadLetter",
+    "DeletionRequested",
+    "Event",
+    "ModelPublished",
+    "Receipt",
+    "ReceiptStatus",
+    "RecordAdded",
+    "RetrainCompleted",
+    "RetrainRequested",
+    "decode_event",
+    "encode_event",
+]
+
+SCHEMA_VERSION: Final = 1
+MAX_FEATURES = 10_000
+"""Largest feature vector (and gradient) an event may carry."""
+MAX_STATS_FEATURES = 1_000
+"""Largest dimension of a federated client's Hessian (sent as d * d floats)."""
+MAX_BATCH_IDS = 10_000
+"""Most record ids (or model ids) one deletion request may name."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _finite(values: list[float]) -> list[float]:
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            msg = f"element [{i}] is {value}: values must be finite numbers (no NaN or inf)"
+            raise ValueError(msg)
+    return values
+
+
+def _finite_scalar(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        msg = f"{value} is not a finite number"
+        raise ValueError(msg)
+    return value
+
+
+ModelId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Model id: letters, digits, '.', '_', '-' (it is a Redis hash tag).",
+    ),
+]
+Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+Label = int | float | str
+FiniteVector = Annotated[
+    list[float], Field(min_length=1, max_length=MAX_FEATURES), AfterValidator(_finite)
+]
+FiniteFloat = Annotated[float | None, AfterValidator(_finite_scalar)]
+Timestamp = Annotated[datetime, Field(default_factory=_utcnow)]
+
+
+class Event(BaseModel):
+    """Fields every event has: ``schema`` (version) and ``ts`` (event time, UTC)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
+    )
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    ts: Timestamp
+
+    @property
+    def idempotency_key(self) -> str:
+        """The client-supplied id that makes redelivery harmless."""
+        return str(getattr(self, "event_id", None) or getattr(self, "request_id", ""))
+
+
+class RecordAdded(Event):
+    """A training record for one model (``unlearn.records``, key: record id)."""
+
+    type: Literal["RecordAdded"] = "RecordAdded"
+    event_id: Id
+    model_id: ModelId
+    record_id: Id
+    subject_id: Id
+    features: FiniteVector
+    label: Label
+
+
+class DeletionRequested(Event):
+    """Forget a subject's records, or named records (``unlearn.deletions``).
+
+    ``model_ids`` absent means every model that holds the subject's or records' data.
+    """
+
+    type: Literal["DeletionRequested"] = "DeletionRequested"
+    request_id: Id
+    subject_id: Id | None = None
+    record_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_BATCH_IDS)] | None = None
+    model_ids: Annotated[list[ModelId], Field(min_length=1, max_length=MAX_BATCH_IDS)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "erasure request"
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["subject_id"], "properties": {"subject_id": {"type": "string"}}},
+                {"required": ["record_ids"], "properties": {"record_ids": {"type": "array"}}},
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> Self:
+        if self.subject_id is None and self.record_ids is None:
+            msg = "give subject_id or record_ids (or both): the request names nothing to delete"
+            raise ValueError(msg)
+        return self
+
+
+class ModelPublished(Event):
+    """A new model version is current (``unlearn.model-updates``, compacted, key: model)."""
+
+    type: Literal["ModelPublished"] = "ModelPublished"
+    event_id: Id
+    model_id: ModelId
+    version: int = Field(ge=1)
+    parent: int | None = Field(default=None, ge=1)
+    method: str = Field(min_length=1, max_length=64)
+    n_records: int = Field(ge=0)
+    seq: int = Field(ge=0)
+    certificate: FiniteFloat = None
+    budget: FiniteFloat = None
+    holdout_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class RetrainRequested(Event):
+    """Ask the retrainer for a full fit on the snapshot at ``snapshot_seq``."""
+
+    type: Literal["RetrainRequested"] = "RetrainRequested"
+    event_id: Id
+    model_id: ModelId
+    reason: Literal["budget", "accuracy", "deleted_fraction", "schedule", "operator"]
+    snapshot_seq: int = Field(ge=0)
+
+
+class RetrainCompleted(Event):
+    """The retrainer published a version fitted from scratch."""
+
+    type: Literal["RetrainCompleted"] = "RetrainCompleted"
+    event_id: Id
+    model_id: ModelId
+    version: int = Field(ge=1)
+    snapshot_seq: int = Field(ge=0)
+    applied_seq: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+
+
+class ReceiptStatus(StrEnum):
+    """Where a deletion request stands for one model.
+
+    ``received`` and ``pending_retrain`` are open; the others are final: ``applied``
+    (removed by an incremental update), ``completed`` (removed by a full retrain),
+    ``already_absent`` (nothing to remove), ``rejected`` (with a reason).
+    """
+
+    RECEIVED = "received"
+    APPLIED = "applied"
+    ALREADY_ABSENT = "already_absent"
+    PENDING_RETRAIN = "pending_retrain"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+
+    @property
+    def final(self) -> bool:
+        return self not in (ReceiptStatus.RECEIVED, ReceiptStatus.PENDING_RETRAIN)
+
+
+class Receipt(Event):
+    """The outcome of one deletion request for one model (``unlearn.receipts``)."""
+
+    type: Literal["Receipt"] = "Receipt"
+    event_id: Id
+    request_id: Id
+    model_id: ModelId
+    status: ReceiptStatus
+    reason: str | None = Field(default=None, max_length=500)
+    version: int | None = Field(default=None, ge=1)
+    method: str | None = None
+    certificate: FiniteFloat = None
+    budget: FiniteFloat = None
+    n_records: int = Field(default=0, ge=0)
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _reason_when_rejected(self) -> Self:
+        if self.status is ReceiptStatus.REJECTED and not self.reason:
+            msg = "a rejected receipt needs a reason"
+            raise ValueError(msg)
+        return self
+
+
+class DeadLetter(Event):
+    """An input that could not be processed, with where it came from and why."""
+
+    type: Literal["DeadLetter"] = "DeadLetter"
+    event_id: Id
+    topic: str = Field(min_length=1)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key_b64: str | None = None
+    value_b64: str | None = None
+    error: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=64, description="Short code, for metrics.")
+
+
+class ClientStats(Event):
+    """A federated client's gradient and Hessian contribution at the global ``w``."""
+
+    type: Literal["ClientStats"] = "ClientStats"
+    event_id: Id
+    model_id: ModelId
+    client_id: Id
+    round: int = Field(ge=0)
+    n: int = Field(ge=0)
+    class_label: Label | None = None
+    gradient: Annotated[
+        list[float], Field(min_length=1, max_length=MAX_STATS_FEATURES), AfterValidator(_finite)
+    ]
+    hessian: Annotated[
+        list[float],
+        Field(min_length=1, max_length=MAX_STATS_FEATURES**2, description="Row-major d * d."),
+        AfterValidator(_finite),
+    ]
+
+    @model_validator(mode="after")
+    def _square(self) -> Self:
+        d = len(self.gradient)
+        if len(self.hessian) != d * d:
+            msg = f"hessian has {len(self.hessian)} entries, expected {d} * {d} = {d * d}"
+            raise ValueError(msg)
+        return self
+
+
+class ClientRemoved(Event):
+    """Forget everything a federated client contributed."""
+
+    type: Literal["ClientRemoved"] = "ClientRemoved"
+    event_id: Id
+    model_id: ModelId
+    client_id: Id
+    reason: str = Field(default="client removal", min_length=1, max_length=500)
+
+
+class ClassRemoved(Event):
+    """Remove a whole class from a one-vs-rest model."""
+
+    type: Literal["ClassRemoved"] = "ClassRemoved"
+    event_id: Id
+    model_id: ModelId
+    class_label: Label
+    reason: str = Field(default="class removal", min_length=1, max_length=500)
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RecordAdded,
+    DeletionRequested,
+    ModelPublished,
+    RetrainRequested,
+    RetrainCompleted,
+    Receipt,
+    DeadLetter,
+    ClientStats,
+    ClientRemoved,
+    ClassRemoved,
+)
+_BY_NAME: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
+_ANY_EVENT: TypeAdapter[Any] = TypeAdapter(
+    Annotated[
+        RecordAdded
+        | DeletionRequested
+        | ModelPublished
+        | RetrainRequested
+        | RetrainCompleted
+        | Receipt
+        | DeadLetter
+        | ClientStats
+        | ClientRemoved
+        | ClassRemoved,
+        Field(discriminator="type"),
+    ]
+)
+
+E = TypeVar("E", bound=Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """Serialise an event to the UTF-8 JSON that goes on the wire."""
+    return event.model_dump_json(by_alias=True).encode()
+
+
+def _schema_error(exc: ValidationError) -> SchemaError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = [str(part) for part in err["loc"]]
+    if loc and loc[0] in _BY_NAME:  # the discriminated union puts the class name first
+        loc = loc[1:]
+    field = ".".join(loc) or "<event>"
+    reason = err["msg"].removeprefix("Value error, ")
+    ctx = err.get("ctx") or {}
+    if err["type"] == "union_tag_invalid":
+        field, reason = "type", f"unknown event type; expected one of {sorted(_BY_NAME)}"
+    elif err["type"] == "finite_number":
+        reason = "must be a finite number: NaN and inf are rejected"
+    elif err["type"] == "too_long":
+        reason = (
+            f"has {ctx.get('actual_length')} items, more than the limit of "
+            f"{ctx.get('max_length')}: split it into several events"
+        )
+    if len(errors) > 1:
+        reason += f" (and {len(errors) - 1} more problem(s))"
+    return SchemaError(field, err.get("input"), reason)
+
+
+@overload
+def decode_event(data: bytes | str) -> Event: ...
+@overload
+def decode_event(data: bytes | str, expected: type[E]) -> E: ...
+def decode_event(data: bytes | str, expected: type[E] | None = None) -> E | Event:
+    """Parse and validate one event.
+
+    Parameters
+    ----------
+    data : bytes or str
+        The message value: UTF-8 JSON.
+    expected : type, optional
+        The event class the topic carries; ``type`` may then be omitted. Without it the
+        ``type`` field chooses the class.
+
+    Returns
+    -------
+    Event
+        An instance of ``expected`` or of the class named by ``type``.
+
+    Raises
+    ------
+    SchemaError
+        Not JSON, not an object, wrong ``schema`` version, unknown ``type``, or a field
+        that fails validation; ``field`` and ``reason`` say which and why.
+    """
+    field = "<event>"
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"not valid UTF-8 JSON: {exc}"
+        raise SchemaError(field, data, msg) from None
+    if not isinstance(payload, dict):
+        msg = "an event must be a JSON object"
+        raise SchemaError(field, payload, msg)
+    field = "schema"
+    version = payload.get(field, SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        msg = f"unsupported schema version; this build reads schema {SCHEMA_VERSION}"
+        raise SchemaError(field, version, msg)
+    field = "type"
+    try:
+        if expected is not None:
+            kind = payload.get(field, expected.__name__)
+            if kind != expected.__name__:
+                msg = f"this topic carries {expected.__name__} events"
+                raise SchemaError(field, kind, msg)
+            return expected.model_validate(payload)
+        if field not in payload:
+            msg = f"missing; expected one of {sorted(_BY_NAME)}"
+            raise SchemaError(field, None, msg)
+        event: Event = _ANY_EVENT.validate_python(payload)
+        return event
+    except ValidationError as exc:
+        raise _schema_error(exc) from None

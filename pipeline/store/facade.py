@@ -1,0 +1,112 @@
+"""One handle on all the Redis state: registry, records, receipts, checkpoints.
+
+``Store.from_url(url)`` (or ``Store.from_settings(settings)``) connects with
+``decode_responses=False`` (coefficients are raw bytes) and shares one connection pool
+between the four parts.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from pipeline.errors import ConfigError
+from pipeline.store.checkpoints import CheckpointStore
+from pipeline.store.keys import DEFAULT_NAMESPACE, KeySpace
+from pipeline.store.models import ModelRegistry
+from pipeline.store.receipts import DEFAULT_LEGAL_DEADLINE, ReceiptStore
+from pipeline.store.records import RecordStore
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+
+__all__ = ["Store", "connect"]
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A Redis client for ``url`` that returns bytes, as the store needs.
+
+    Raises
+    ------
+    ConfigError
+        ``decode_responses=True`` was asked for.
+    """
+    if kwargs.get("decode_responses"):
+        msg = "the state store reads raw bytes: do not pass decode_responses=True"
+        raise ConfigError(msg)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class Store:
+    """The pipeline's Redis state.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        Must not decode responses.
+    namespace : str
+        Key prefix (``unlearn``); tests use a unique one.
+    legal_deadline : timedelta
+        Time allowed for a deletion (receipts' ``due_at``).
+
+    Attributes
+    ----------
+    models : ModelRegistry
+    records : RecordStore
+    receipts : ReceiptStore
+    checkpoints : CheckpointStore
+    keys : KeySpace
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = DEFAULT_NAMESPACE,
+        legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+    ) -> None:
+        pool = getattr(client, "connection_pool", None)
+        if getattr(pool, "connection_kwargs", {}).get("decode_responses"):
+            msg = "the state store reads raw bytes: use a client with decode_responses=False"
+            raise ConfigError(msg)
+        self.client = client
+        self.keys = KeySpace(namespace)
+        self.models = ModelRegistry(client, self.keys, legal_deadline)
+        self.records = RecordStore(client, self.keys)
+        self.receipts = ReceiptStore(client, self.keys, legal_deadline)
+        self.checkpoints = CheckpointStore(client, self.keys)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+        **redis_kwargs: Any,
+    ) -> Store:
+        """Connect to ``url`` (extra keyword arguments go to ``redis.Redis.from_url``)."""
+        return cls(connect(url, **redis_kwargs), namespace, legal_deadline)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Store:
+        """Connect as ``settings`` say (credentials, TLS, namespace, deadline)."""
+        url = redis_url or settings.redis_url
+        if not url:
+            msg = "no Redis URL: set UNLEARN_REDIS_URL or use resolve_services(settings)"
+            raise ConfigError(msg)
+        return cls(
+            connect(url, **settings.redis_kwargs()),
+            settings.key_namespace,
+            settings.legal_deadline,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""The Redis key layout: the only module that spells out key names.
+
+Every per-model key carries the model id as a hash tag, ``{model_id}``, so that all of
+a model's state lives in one Redis Cluster slot and one MULTI/EXEC can publish a version
+together with its erasures, receipts, sequence marker and checkpoint. Two indexes span
+models and so carry their own hash tag: subject -> models and request -> models. They
+are written *before* the model transaction (a superset is harmless) and cleaned up after
+it, never inside it.
+
+Subject ids can be personal data (an e-mail address), so key names carry a SHA-256
+token of the subject id, never the id itself. The full table is in ``docs/redis-keys.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import InvalidInput
+
+__all__ = ["DEFAULT_NAMESPACE", "KeySpace", "subject_token"]
+
+DEFAULT_NAMESPACE = "unlearn"
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+def subject_token(subject_id: str) -> str:
+    """Stable, non-reversible token of a subject id used in key names (32 hex chars)."""
+    return hashlib.sha256(subject_id.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Builds every key under one namespace.
+
+    Parameters
+    ----------
+    namespace : str
+        First component of every key (``unlearn``); tests use a unique one each.
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace) or "{" in self.namespace:
+            msg = (
+                f"Redis key namespace {self.namespace!r} must be letters, digits, '.', '_', "
+                "'-' or ':'"
+            )
+            raise InvalidInput(msg)
+
+    def _model(self, model_id: str) -> str:
+        if not _MODEL_ID.match(model_id):
+            msg = (
+                f"model id {model_id!r} is not valid: use 1-128 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+            raise InvalidInput(msg)
+        return f"{self.namespace}:{{{model_id}}}"
+
+    # model versions ---------------------------------------------------------------
+    def current(self, model_id: str) -> str:
+        """STRING: the current version number."""
+        return f"{self._model(model_id)}:current"
+
+    def version(self, model_id: str, version: int) -> str:
+        """HASH: ``meta`` (JSON), ``coef`` and ``intercept`` (raw LE bytes) of a version."""
+        return f"{self._model(model_id)}:v:{int(version)}"
+
+    def versions(self, model_id: str) -> str:
+        """ZSET: version numbers, scored by version."""
+        return f"{self._model(model_id)}:versions"
+
+    def checkpoint(self, model_id: str, version: int) -> str:
+        """HASH: the engine checkpoint saved with a version (manifest + array bytes)."""
+        return f"{self._model(model_id)}:ckpt:{int(version)}"
+
+    def checkpoints(self, model_id: str) -> str:
+        """ZSET: versions that have a checkpoint."""
+        return f"{self._model(model_id)}:ckpts"
+
+    def applied_seq(self, model_id: str) -> str:
+        """STRING: sequence number of the last input applied to the current version."""
+        return f"{self._model(model_id)}:applied-seq"
+
+    def events(self, model_id: str) -> str:
+        """STREAM: one entry per published version (for ``XREAD BLOCK`` watchers)."""
+        return f"{self._model(model_id)}:events"
+
+    def channel(self, model_id: str) -> str:
+        """Pub/sub channel announcing each published version."""
+        return f"{self._model(model_id)}:published"
+
+    # training records -------------------------------------------------------------
+    def record(self, model_id: str, record_id: str) -> str:
+        """HASH: ``features`` (raw LE float64), ``label`` (JSON), ``subject``."""
+        return f"{self._model(model_id)}:rec:{record_id}"
+
+    def records(self, model_id: str) -> str:
+        """SET: record ids the model holds."""
+        return f"{self._model(model_id)}:recs"
+
+    def subject_records(self, model_id: str, subject_id: str) -> str:
+        """SET: a subject's record ids in one model."""
+        return f"{self._model(model_id)}:subj:{subject_token(subject_id)}"
+
+    def subject_models(self, subject_id: str) -> str:
+        """SET: models that may hold records of a subject (own hash tag)."""
+        return f"{self.namespace}:{{s:{subject_token(subject_id)}}}:models"
+
+    # deletion receipts ------------------------------------------------------------
+    def receipt(self, model_id: str, request_id: str) -> str:
+        """STRING: JSON receipt of one deletion request for one model."""
+        return f"{self._model(model_id)}:rcpt:{request_id}"
+
+    def pending(self, model_id: str) -> str:
+        """ZSET: request ids not yet final, scored by received time (epoch seconds)."""
+        return f"{self._model(model_id)}:pending"
+
+    def request_models(self, request_id: str) -> str:
+        """SET: models a deletion request concerns (own hash tag)."""
+        return f"{self.namespace}:{{r:{request_id}}}:models"
+
+    def model_index(self) -> str:
+        """SET: every model id that has published a version."""
+        return f"{self.namespace}:models"

@@ -1,0 +1,378 @@
+"""One atomic model publication: a new version plus everything that must move with it.
+
+The streaming worker collects a batch's effects on a :class:`Publication` and commits
+them in ONE Redis transaction (``WATCH`` + ``MULTI``/``EXEC``, all keys in the model's
+hash slot)::
+
+    pub = store.models.publication("churn", expected_version=7)
+    pub.set_model(ModelSpec(kind="logistic", coef=w, intercept=b, classes=[0, 1],
+                            method="influence", seq=1042, certificate=c, budget=eps))
+    pub.add_records(new_records)          # learned in this version
+    pub.erase_records(["r17", "r18"])     # forgotten in this version
+    pub.receipt("req-9", ReceiptStatus.APPLIED)
+    pub.applied_seq(1042)
+    pub.checkpoint(engine.state_dict())
+    result = pub.commit()                 # -> PublishResult, version 8
+
+Either all of it is visible or none: a reader that sees ``current = 8`` finds version 8's
+coefficients, the erased records gone and the receipts pointing at version 8. If another
+writer moved ``current`` first, :meth:`Publication.commit` raises
+:class:`~pipeline.errors.ModelVersionConflict` and writes nothing. After ``EXEC`` the
+transaction has also appended to the model's stream (``XADD``) and published on its
+channel (``PUBLISH``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from pipeline.errors import InvalidInput, ModelVersionConflict
+from pipeline.events import Receipt, ReceiptStatus
+from pipeline.store.checkpoints import stage_checkpoint
+from pipeline.store.codec import StateValue, encode_array, encode_state
+from pipeline.store.keys import KeySpace
+from pipeline.store.receipts import next_receipt, stage_receipt
+from pipeline.store.records import (
+    StoredRecord,
+    prune_subject_index,
+    read_subjects,
+    stage_add,
+    stage_erase,
+)
+from pipeline.store.versions import ModelSpec, VersionMetadata
+
+__all__ = ["STREAM_MAXLEN", "Publication", "PublishResult"]
+
+STREAM_MAXLEN = 10_000
+_MAX_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What a committed publication did.
+
+    Attributes
+    ----------
+    metadata : VersionMetadata
+        The published version.
+    added : list of str
+        Record ids stored (ids already present were skipped).
+    erased : list of str
+        Record ids whose features were erased.
+    absent : list of str
+        Record ids asked to be erased that the model did not hold.
+    receipts : list of Receipt
+        Receipts written; ``kept`` lists final receipts left unchanged (a replay).
+    removed_versions : list of int
+        Versions deleted by retention.
+    """
+
+    metadata: VersionMetadata
+    added: list[str] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    kept: list[Receipt] = field(default_factory=list)
+    removed_versions: list[int] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+
+@dataclass
+class _Plan:
+    """Everything read under WATCH, from which the MULTI block is written."""
+
+    metadata: VersionMetadata
+    coef: bytes
+    intercept: bytes
+    added: list[StoredRecord]
+    erase: dict[str, str]
+    absent: list[str]
+    receipts: list[Receipt]
+    kept: list[Receipt]
+    drop_versions: list[int]
+    drop_checkpoints: list[int]
+
+
+class Publication:
+    """Builder for one atomic publication; obtain it from ``ModelRegistry.publication``.
+
+    Parameters
+    ----------
+    client : redis.Redis
+    keys : KeySpace
+    model_id : str
+    expected_version : int
+        The version the writer believes is current (0 for a model's first version).
+    legal_deadline : timedelta
+        For receipts that had no ``received`` entry yet.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        model_id: str,
+        expected_version: int,
+        legal_deadline: timedelta,
+    ) -> None:
+        keys.current(model_id)  # validates the model id
+        self._r: Any = client  # redis-py types its replies loosely
+        self._keys = keys
+        self.model_id = model_id
+        self.expected_version = int(expected_version)
+        self._deadline = legal_deadline
+        self._spec: ModelSpec | None = None
+        self._adds: dict[str, StoredRecord] = {}
+        self._erase_ids: list[str] = []
+        self._erase_subjects: list[str] = []
+        self._receipts: dict[str, tuple[ReceiptStatus, str | None, int]] = {}
+        self._seq: int | None = None
+        self._state: dict[str, bytes] | None = None
+        self._keep_older: bool = False
+        self._keep_last: int | None = None
+        self._committed = False
+
+    # ---- building ------------------------------------------------------------------
+    def set_model(self, spec: ModelSpec) -> Publication:
+        """The coefficients and metadata of the new version (required)."""
+        spec.checked()
+        self._spec = spec
+        return self
+
+    def add_records(self, records: Iterable[StoredRecord]) -> Publication:
+        """Store records learned in this version (ids already held are skipped)."""
+        for rec in records:
+            self._adds[rec.record_id] = rec
+        return self
+
+    def erase_records(self, record_ids: Iterable[str]) -> Publication:
+        """Erase records' features and index entries (absent ids are reported)."""
+        self._erase_ids.extend(record_ids)
+        return self
+
+    def erase_subject(self, subject_id: str) -> Publication:
+        """Erase every record of a subject that this model holds."""
+        self._erase_subjects.append(subject_id)
+        return self
+
+    def receipt(
+        self,
+        request_id: str,
+        status: ReceiptStatus,
+        *,
+        reason: str | None = None,
+        n_records: int = 0,
+    ) -> Publication:
+        """Write a receipt pointing at the new version (a final receipt is kept).
+
+        ``n_records`` is how many of the request's records this version erased.
+        """
+        self._receipts[request_id] = (ReceiptStatus(status), reason, int(n_records))
+        return self
+
+    def applied_seq(self, seq: int) -> Publication:
+        """Move the applied-sequence marker (default: the spec's ``seq``)."""
+        self._seq = int(seq)
+        return self
+
+    def checkpoint(
+        self, state: Mapping[str, StateValue], *, keep_older: bool = False
+    ) -> Publication:
+        """Save the engine state with the new version, dropping older checkpoints."""
+        self._state = encode_state(state)
+        self._keep_older = keep_older
+        return self
+
+    def retain(self, keep_last: int) -> Publication:
+        """Delete versions older than the last ``keep_last`` (never the current one)."""
+        if keep_last < 1:
+            msg = f"keep_last={keep_last}: retention must keep at least the current version"
+            raise InvalidInput(msg)
+        self._keep_last = keep_last
+        return self
+
+    # ---- committing ----------------------------------------------------------------
+    def commit(self) -> PublishResult:
+        """Publish atomically.
+
+        Raises
+        ------
+        ModelVersionConflict
+            ``current`` is not ``expected_version`` (another writer published first).
+        """
+        if self._spec is None:
+            msg = f"publication of {self.model_id!r} has no model: call set_model() first"
+            raise InvalidInput(msg)
+        if self._committed:
+            msg = f"publication of {self.model_id!r} was already committed"
+            raise InvalidInput(msg)
+        keys, model_id = self._keys, self.model_id
+        self._r.sadd(keys.model_index(), model_id)
+        for subject_id in {rec.subject_id for rec in self._adds.values()}:
+            self._r.sadd(keys.subject_models(subject_id), model_id)
+        current_key = keys.current(model_id)
+        with self._r.pipeline(transaction=True) as pipe:
+            for _ in range(_MAX_RETRIES):
+                try:
+                    pipe.watch(current_key, keys.records(model_id))
+                    plan = self._plan(pipe)
+                    pipe.multi()
+                    self._stage(pipe, plan)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    found = int(self._r.get(current_key) or 0)
+                    if found != self.expected_version:
+                        raise ModelVersionConflict(model_id, self.expected_version, found) from None
+            else:
+                msg = f"publication of {model_id!r} kept conflicting with record writes"
+                raise InvalidInput(msg)
+        self._committed = True
+        prune_subject_index(self._r, keys, model_id, plan.erase.values())
+        for subject_id in {rec.subject_id for rec in plan.added}:
+            self._r.sadd(keys.subject_models(subject_id), model_id)
+        return PublishResult(
+            metadata=plan.metadata,
+            added=[r.record_id for r in plan.added],
+            erased=list(plan.erase),
+            absent=plan.absent,
+            receipts=plan.receipts,
+            kept=plan.kept,
+            removed_versions=plan.drop_versions,
+        )
+
+    def _plan(self, pipe: Any) -> _Plan:
+        """Read (under WATCH) everything the writes depend on."""
+        keys, model_id, spec = self._keys, self.model_id, self._spec
+        assert spec is not None
+        found = int(pipe.get(keys.current(model_id)) or 0)
+        if found != self.expected_version:
+            raise ModelVersionConflict(model_id, self.expected_version, found)
+        version = found + 1
+
+        adds = list(self._adds.values())
+        held = pipe.smismember(keys.records(model_id), [r.record_id for r in adds]) if adds else []
+        added = [rec for rec, has in zip(adds, held, strict=True) if not has]
+
+        ids = list(dict.fromkeys(self._erase_ids))
+        for subject_id in self._erase_subjects:
+            members = pipe.smembers(keys.subject_records(model_id, subject_id))
+            ids.extend(sorted(m.decode() for m in members if m.decode() not in ids))
+        subjects = read_subjects(pipe, keys, model_id, ids)
+        erase = {rid: s for rid, s in zip(ids, subjects, strict=True) if s is not None}
+        absent = [rid for rid, s in zip(ids, subjects, strict=True) if s is None]
+
+        n_records = int(pipe.scard(keys.records(model_id))) + len(added) - len(erase)
+        coef, intercept = spec.checked()
+        coef_bytes, coef_spec = encode_array(coef, "coef")
+        intercept_bytes, intercept_spec = encode_array(intercept, "intercept")
+        now = datetime.now(UTC)
+        metadata = VersionMetadata(
+            model_id=model_id,
+            version=version,
+            parent=found or None,
+            kind=spec.kind,
+            method=spec.method,
+            seq=spec.seq,
+            n_records=spec.n_records if spec.n_records is not None else n_records,
+            n_features=int(coef.shape[-1]),
+            classes=spec.classes,
+            certificate=spec.certificate,
+            budget=spec.budget,
+            holdout_metrics=dict(spec.holdout_metrics),
+            created_at=now,
+            coef_spec=coef_spec,
+            intercept_spec=intercept_spec,
+            extra=dict(spec.extra),
+        )
+
+        receipts, kept = [], []
+        for request_id, (status, reason, n_erased) in self._receipts.items():
+            raw = pipe.get(keys.receipt(model_id, request_id))
+            existing = None if raw is None else Receipt.model_validate_json(raw)
+            if existing is not None and existing.status.final:
+                kept.append(existing)
+                continue
+            receipts.append(
+                next_receipt(
+                    existing,
+                    request_id=request_id,
+                    model_id=model_id,
+                    status=status,
+                    deadline=self._deadline,
+                    now=now,
+                    reason=reason,
+                    version=version,
+                    method=spec.method,
+                    certificate=spec.certificate,
+                    budget=spec.budget,
+                    n_records=n_erased,
+                )
+            )
+
+        drop_versions: list[int] = []
+        if self._keep_last is not None:
+            known = [int(v) for v in pipe.zrange(keys.versions(model_id), 0, -1)]
+            drop_versions = [v for v in known if v <= version - self._keep_last]
+        drop_checkpoints: list[int] = []
+        if self._state is not None and not self._keep_older:
+            drop_checkpoints = [int(v) for v in pipe.zrange(keys.checkpoints(model_id), 0, -1)]
+        drop_checkpoints = sorted(set(drop_checkpoints) | set(drop_versions))
+        return _Plan(
+            metadata=metadata,
+            coef=coef_bytes,
+            intercept=intercept_bytes,
+            added=added,
+            erase=erase,
+            absent=absent,
+            receipts=receipts,
+            kept=kept,
+            drop_versions=drop_versions,
+            drop_checkpoints=[v for v in drop_checkpoints if v != version],
+        )
+
+    def _stage(self, pipe: Any, plan: _Plan) -> None:
+        """Queue every write of the plan inside MULTI."""
+        keys, model_id, meta = self._keys, self.model_id, plan.metadata
+        version = meta.version
+        pipe.hset(
+            keys.version(model_id, version),
+            mapping={
+                "meta": meta.model_dump_json(),
+                "coef": plan.coef,
+                "intercept": plan.intercept,
+            },
+        )
+        pipe.zadd(keys.versions(model_id), {str(version): version})
+        pipe.set(keys.current(model_id), version)
+        pipe.set(keys.applied_seq(model_id), self._seq if self._seq is not None else meta.seq)
+        stage_add(pipe, keys, model_id, plan.added)
+        stage_erase(pipe, keys, model_id, plan.erase)
+        for receipt in plan.receipts:
+            stage_receipt(pipe, keys, receipt)
+        if self._state is not None:
+            stage_checkpoint(pipe, keys, model_id, version, self._state, drop=plan.drop_checkpoints)
+        for old in plan.drop_versions:
+            pipe.delete(keys.version(model_id, old))
+            pipe.zrem(keys.versions(model_id), str(old))
+            pipe.delete(keys.checkpoint(model_id, old))
+            pipe.zrem(keys.checkpoints(model_id), str(old))
+        notice = {
+            "model_id": model_id,
+            "version": str(version),
+            "parent": str(meta.parent or ""),
+            "method": meta.method,
+            "seq": str(meta.seq),
+            "created_at": meta.created_at.isoformat(),
+        }
+        pipe.xadd(keys.events(model_id), notice, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.publish(keys.channel(model_id), json.dumps(notice))

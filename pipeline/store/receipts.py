@@ -1,0 +1,201 @@
+"""Deletion receipts: one per deletion request and affected model, the audit trail.
+
+A receipt is the JSON of :class:`pipeline.events.Receipt`, stored per model (hash tag
+``{model_id}``) so that a :class:`~pipeline.store.Publication` writes it in the same
+transaction as the version where the deletion took effect. Its life:
+``received`` -> (``pending_retrain``) -> one final status, ``applied``, ``completed``,
+``already_absent`` or ``rejected``. A final receipt is never overwritten, so replaying a
+request after a crash keeps the version where the erasure first took effect.
+
+``due_at`` is ``received_at`` plus the legal deadline (30 days by default); open
+requests sit in a per-model sorted set by received time, for the "oldest pending
+deletion" alert. A request -> models index answers "what happened to request X?"
+across models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from pipeline.errors import InvalidInput
+from pipeline.events import Receipt, ReceiptStatus
+from pipeline.store.keys import KeySpace
+
+__all__ = ["DEFAULT_LEGAL_DEADLINE", "ReceiptStore", "next_receipt", "stage_receipt"]
+
+DEFAULT_LEGAL_DEADLINE = timedelta(days=30)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_receipt(
+    existing: Receipt | None,
+    *,
+    request_id: str,
+    model_id: str,
+    status: ReceiptStatus,
+    deadline: timedelta,
+    now: datetime | None = None,
+    **outcome: Any,
+) -> Receipt:
+    """The receipt after a status change (``received_at`` and ``due_at`` are kept).
+
+    Parameters
+    ----------
+    existing : Receipt or None
+        The stored receipt, if any; a final one must not be passed (check ``final``).
+    outcome
+        ``version``, ``method``, ``certificate``, ``budget``, ``n_records``, ``reason``.
+    """
+    now = now or _now()
+    received = existing.received_at if existing else now
+    return Receipt(
+        event_id=f"rcpt:{model_id}:{request_id}:{status.value}",
+        request_id=request_id,
+        model_id=model_id,
+        status=status,
+        received_at=received,
+        due_at=existing.due_at if existing else received + deadline,
+        completed_at=now if status.final else None,
+        ts=now,
+        **outcome,
+    )
+
+
+def stage_receipt(pipe: Any, keys: KeySpace, receipt: Receipt) -> None:
+    """Queue the write of ``receipt`` and its pending-set entry inside a MULTI."""
+    key = keys.receipt(receipt.model_id, receipt.request_id)
+    pipe.set(key, receipt.model_dump_json(by_alias=True))
+    pending = keys.pending(receipt.model_id)
+    if receipt.status.final:
+        pipe.zrem(pending, receipt.request_id)
+    else:
+        pipe.zadd(pending, {receipt.request_id: receipt.received_at.timestamp()})
+
+
+def _parse(raw: Any) -> Receipt | None:
+    return None if raw is None else Receipt.model_validate_json(raw)
+
+
+class ReceiptStore:
+    """Record and look up deletion receipts.
+
+    Parameters
+    ----------
+    client : redis.Redis
+    keys : KeySpace
+    legal_deadline : timedelta
+        ``due_at = received_at + legal_deadline``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+    ) -> None:
+        self._r: Any = client  # redis-py types its replies loosely
+        self._keys = keys
+        self.legal_deadline = legal_deadline
+
+    def received(
+        self, request_id: str, model_ids: Iterable[str], *, received_at: datetime | None = None
+    ) -> list[Receipt]:
+        """Open a ``received`` receipt per model; an existing receipt is kept as it is.
+
+        Returns
+        -------
+        list of Receipt
+            The stored receipt of each model (new or existing), in ``model_ids`` order.
+        """
+        now = received_at or _now()
+        out = []
+        for model_id in model_ids:
+            self._r.sadd(self._keys.request_models(request_id), model_id)
+            fresh = next_receipt(
+                None,
+                request_id=request_id,
+                model_id=model_id,
+                status=ReceiptStatus.RECEIVED,
+                deadline=self.legal_deadline,
+                now=now,
+            )
+            out.append(self._open(fresh))
+        return out
+
+    def _open(self, fresh: Receipt) -> Receipt:
+        key = self._keys.receipt(fresh.model_id, fresh.request_id)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    existing = _parse(pipe.get(key))
+                    if existing is not None:
+                        return existing
+                    pipe.multi()
+                    stage_receipt(pipe, self._keys, fresh)
+                    pipe.execute()
+                    return fresh
+                except redis.WatchError:
+                    continue
+
+    def reject(self, request_id: str, model_id: str, reason: str) -> Receipt:
+        """Close a request for one model as ``rejected`` (a final receipt is kept)."""
+        if not reason:
+            msg = f"rejecting request {request_id!r} needs a reason"
+            raise InvalidInput(msg)
+        self._r.sadd(self._keys.request_models(request_id), model_id)
+        key = self._keys.receipt(model_id, request_id)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    existing = _parse(pipe.get(key))
+                    if existing is not None and existing.status.final:
+                        return existing
+                    receipt = next_receipt(
+                        existing,
+                        request_id=request_id,
+                        model_id=model_id,
+                        status=ReceiptStatus.REJECTED,
+                        deadline=self.legal_deadline,
+                        reason=reason,
+                    )
+                    pipe.multi()
+                    stage_receipt(pipe, self._keys, receipt)
+                    pipe.execute()
+                    return receipt
+                except redis.WatchError:
+                    continue
+
+    def get_one(self, request_id: str, model_id: str) -> Receipt | None:
+        """The receipt of one request for one model, or ``None``."""
+        raw = self._r.get(self._keys.receipt(model_id, request_id))
+        return _parse(raw)
+
+    def get(self, request_id: str) -> list[Receipt]:
+        """Every model's receipt for a request, sorted by model id (empty if unknown)."""
+        members = self._r.smembers(self._keys.request_models(request_id))
+        model_ids = sorted(m.decode() for m in members)
+        out = []
+        for model_id in model_ids:
+            receipt = self.get_one(request_id, model_id)
+            if receipt is not None:
+                out.append(receipt)
+        return out
+
+    def pending(self, model_id: str) -> list[tuple[str, datetime]]:
+        """Open requests of a model with their received time, oldest first."""
+        rows = self._r.zrange(self._keys.pending(model_id), 0, -1, withscores=True)
+        return [(rid.decode(), datetime.fromtimestamp(score, UTC)) for rid, score in rows]
+
+    def oldest_pending(self, model_id: str) -> datetime | None:
+        """Received time of the oldest open request of a model, or ``None``."""
+        rows = self.pending(model_id)[:1]
+        return rows[0][1] if rows else None

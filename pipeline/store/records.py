@@ -1,0 +1,204 @@
+"""The training records a model needs, held per model with a subject index.
+
+Each record is a hash (``features`` as raw little-endian float64, ``label`` as JSON,
+``subject``); per model there is a set of record ids and, per subject, a set of that
+subject's record ids; across models, a subject -> models index lets a deletion by
+subject fan out. Records are added here or by a :class:`~pipeline.store.Publication`;
+they are *erased* only by a publication, in the same transaction that publishes the
+version that no longer contains them.
+
+The subject -> models index lives in another hash slot, so it is written before the
+model's transaction (a superset is harmless) and pruned after an erasure empties the
+subject's set. With one writer per model (DESIGN section 4) the prune cannot race an add.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from pipeline.errors import InvalidInput
+from pipeline.store.keys import KeySpace
+
+if TYPE_CHECKING:
+    from pipeline.events import RecordAdded
+
+__all__ = ["RecordStore", "StoredRecord"]
+
+Label = int | float | str
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One training record.
+
+    Parameters
+    ----------
+    record_id, subject_id : str
+    features : ndarray of shape (n_features,)
+        Stored as float64.
+    label : int, float or str
+    """
+
+    record_id: str
+    subject_id: str
+    features: np.ndarray
+    label: Label
+
+    @classmethod
+    def from_event(cls, event: RecordAdded) -> StoredRecord:
+        """Build from a validated ``RecordAdded`` event."""
+        return cls(
+            record_id=event.record_id,
+            subject_id=event.subject_id,
+            features=np.asarray(event.features, dtype=np.float64),
+            label=event.label,
+        )
+
+    def to_fields(self) -> dict[str, bytes]:
+        features = np.asarray(self.features, dtype="<f8")
+        if features.ndim != 1:
+            msg = f"record {self.record_id!r}: features have shape {features.shape}, need (d,)"
+            raise InvalidInput(msg)
+        return {
+            "features": features.tobytes(),
+            "label": json.dumps(self.label).encode(),
+            "subject": self.subject_id.encode(),
+        }
+
+    @classmethod
+    def from_fields(cls, record_id: str, fields: dict[bytes, bytes]) -> StoredRecord:
+        return cls(
+            record_id=record_id,
+            subject_id=fields[b"subject"].decode(),
+            features=np.frombuffer(fields[b"features"], dtype="<f8").astype(np.float64),
+            label=json.loads(fields[b"label"]),
+        )
+
+
+def _ids(values: Iterable[bytes | str]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
+def stage_add(pipe: Any, keys: KeySpace, model_id: str, records: Sequence[StoredRecord]) -> None:
+    """Queue the writes that add ``records`` (all new) inside a MULTI."""
+    for rec in records:
+        pipe.hset(keys.record(model_id, rec.record_id), mapping=rec.to_fields())
+        pipe.sadd(keys.records(model_id), rec.record_id)
+        pipe.sadd(keys.subject_records(model_id, rec.subject_id), rec.record_id)
+
+
+def stage_erase(pipe: Any, keys: KeySpace, model_id: str, subjects: dict[str, str]) -> None:
+    """Queue the writes that erase records (``record id -> subject id``) inside a MULTI."""
+    for record_id, subject_id in subjects.items():
+        pipe.delete(keys.record(model_id, record_id))
+        pipe.srem(keys.records(model_id), record_id)
+        pipe.srem(keys.subject_records(model_id, subject_id), record_id)
+
+
+def read_subjects(client: Any, keys: KeySpace, model_id: str, ids: Sequence[str]) -> list[Any]:
+    """Subject of each record id (``None`` when the record is absent), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for record_id in ids:
+        pipe.hget(keys.record(model_id, record_id), "subject")
+    return [None if s is None else s.decode() for s in pipe.execute()]
+
+
+def prune_subject_index(
+    client: redis.Redis, keys: KeySpace, model_id: str, subject_ids: Iterable[str]
+) -> None:
+    """Drop ``model_id`` from the subject -> models index of subjects it no longer holds."""
+    for subject_id in set(subject_ids):
+        if not client.exists(keys.subject_records(model_id, subject_id)):
+            client.srem(keys.subject_models(subject_id), model_id)
+
+
+class RecordStore:
+    """Read and add the records of every model.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        A client with ``decode_responses=False``.
+    keys : KeySpace
+    """
+
+    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+        self._r: Any = client  # redis-py types its replies loosely
+        self._keys = keys
+
+    def add(self, model_id: str, records: Iterable[StoredRecord]) -> list[str]:
+        """Add records that are not there yet; return the ids actually added.
+
+        Adding a record id the model already holds is a no-op (idempotent replay).
+        """
+        batch = list({rec.record_id: rec for rec in records}.values())
+        if not batch:
+            return []
+        self._index_subjects(model_id, batch)
+        recs_key = self._keys.records(model_id)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(recs_key)
+                    present = pipe.smismember(recs_key, [r.record_id for r in batch])
+                    new = [rec for rec, has in zip(batch, present, strict=True) if not has]
+                    pipe.multi()
+                    stage_add(pipe, self._keys, model_id, new)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self._index_subjects(model_id, new)
+        return [rec.record_id for rec in new]
+
+    def _index_subjects(self, model_id: str, records: Sequence[StoredRecord]) -> None:
+        for subject_id in {rec.subject_id for rec in records}:
+            self._r.sadd(self._keys.subject_models(subject_id), model_id)
+
+    def get(self, model_id: str, record_id: str) -> StoredRecord | None:
+        """One record, or ``None`` if the model does not hold it."""
+        return self.get_many(model_id, [record_id])[0]
+
+    def get_many(self, model_id: str, record_ids: Sequence[str]) -> list[StoredRecord | None]:
+        """Records in the order asked, ``None`` for absent ones (one round trip)."""
+        pipe = self._r.pipeline(transaction=False)
+        for record_id in record_ids:
+            pipe.hgetall(self._keys.record(model_id, record_id))
+        return [
+            StoredRecord.from_fields(rid, fields) if fields else None
+            for rid, fields in zip(record_ids, pipe.execute(), strict=True)
+        ]
+
+    def ids(self, model_id: str) -> set[str]:
+        """Every record id the model holds."""
+        return set(_ids(self._r.smembers(self._keys.records(model_id))))
+
+    def count(self, model_id: str) -> int:
+        """Number of records the model holds."""
+        return int(self._r.scard(self._keys.records(model_id)))
+
+    def subject_record_ids(self, model_id: str, subject_id: str) -> set[str]:
+        """Record ids of one subject in one model."""
+        members = self._r.smembers(self._keys.subject_records(model_id, subject_id))
+        return set(_ids(members))
+
+    def models_for_subject(self, subject_id: str) -> set[str]:
+        """Models that may hold the subject's records (a superset; check each model)."""
+        return set(_ids(self._r.smembers(self._keys.subject_models(subject_id))))
+
+    def scan(self, model_id: str, batch: int = 500) -> Iterator[StoredRecord]:
+        """Iterate over the model's records (not a snapshot: use for retraining reads)."""
+        ids: list[str] = []
+        for raw in self._r.sscan_iter(self._keys.records(model_id), count=batch):
+            ids.append(raw.decode() if isinstance(raw, bytes) else raw)
+            if len(ids) >= batch:
+                yield from (r for r in self.get_many(model_id, ids) if r is not None)
+                ids = []
+        if ids:
+            yield from (r for r in self.get_many(model_id, ids) if r is not None)
