@@ -14,8 +14,10 @@ factorisation, redone only when that has gone stale. :meth:`recompute` rebuilds 
 weight at the current model from all records (``O(n d^2)`` per problem); the unlearner calls
 it only when its residual shows that the cached weights have drifted.
 
-Only the upper triangles are stored and used (BLAS ``dsyrk``/``dsymv``, LAPACK
-``dpotrf``/``dpotri``); one-vs-rest keeps one d x d matrix per class, never a (K d) x (K d)
+The matrices are kept whole and symmetric and the hot path uses numpy's BLAS only
+(``X.T @ X`` is a symmetric rank-k update there); SciPy's LAPACK (``dpotrf``/``dpotri``) is
+called only to refactorise. Mixing two BLAS thread pools in every update made them contend
+for the two cores. One-vs-rest keeps one d x d matrix per class, never a (K d) x (K d)
 matrix.
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import blas, lapack
+from scipy.linalg import lapack
 
 from pipeline.errors import InvalidInput
 
@@ -33,7 +35,7 @@ Array = NDArray[np.float64]
 
 
 class CurvatureCache:
-    """Per-problem curvature matrices with their Cholesky factors, updated in place.
+    """Per-problem curvature matrices and PCG preconditioners, updated in place.
 
     Parameters
     ----------
@@ -43,11 +45,14 @@ class CurvatureCache:
         d.
     """
 
+    #: PCG iterations after which the preconditioner is rebuilt.
+    refactor_after = 12
+
     def __init__(self, n_problems: int, n_features: int) -> None:
         self.n_problems = n_problems
         self.n_features = n_features
-        self._H = [np.zeros((n_features, n_features), order="F") for _ in range(n_problems)]
-        self._inverses: list[Array | None] = [None] * n_problems
+        self._H = np.zeros((n_problems, n_features, n_features))
+        self._inverses: list[NDArray[np.float32] | None] = [None] * n_problems
         self.n_factorisations = 0
         self.last_iterations = 0
 
@@ -65,32 +70,42 @@ class CurvatureCache:
         """
         if self.n_problems > 1 and (weights == weights[:, :1]).all():
             # e.g. at w = 0: every problem has the same curvature, build it once
-            shared = CurvatureCache(1, self.n_features)
-            shared.recompute(X, weights[:, :1], ridge)
-            self._H = [shared._H[0].copy(order="F") for _ in range(self.n_problems)]
-            self._inverses = [None] * self.n_problems
-            return
-        for k in range(self.n_problems):
-            self._H[k][:] = 0.0
-        self.add(X, weights, ridge, sign=1.0)
+            self._H[:] = 0.0
+            self._add_one(0, X, weights[:, 0], 1.0)
+            self._H[1:] = self._H[0]
+        else:
+            self._H[:] = 0.0
+            for k in range(self.n_problems):
+                self._add_one(k, X, weights[:, k], 1.0)
+        self._shift(ridge)
         self._inverses = [None] * self.n_problems
 
     def add(self, X: Array, weights: Array, ridge: float, sign: float = 1.0) -> None:
-        """Add (``sign=+1``) or subtract (``sign=-1``) records' terms and a diagonal shift."""
+        """Add (``sign=+1``) or subtract (``sign=-1``) records' terms and a diagonal shift.
+
+        The preconditioners are left as they are: PCG absorbs the change.
+        """
         if X.shape[0]:
             for k in range(self.n_problems):
-                scaled = X * np.sqrt(weights[:, k])[:, None]
-                self._H[k] = blas.dsyrk(
-                    sign, scaled, beta=1.0, c=self._H[k], trans=1, lower=0, overwrite_c=1
-                )
+                self._add_one(k, X, weights[:, k], sign)
+        self._shift(sign * ridge)
+
+    def _add_one(self, k: int, X: Array, weights: Array, sign: float) -> None:
+        scaled = X * np.sqrt(weights)[:, None]
+        update = scaled.T @ scaled  # numpy recognises A.T @ A: a symmetric rank-k update
+        if sign > 0:
+            self._H[k] += update
+        else:
+            self._H[k] -= update
+
+    def _shift(self, ridge: float) -> None:
         if ridge:
             idx = np.arange(self.n_features)
-            for k in range(self.n_problems):
-                self._H[k][idx, idx] += sign * ridge
+            self._H[:, idx, idx] += ridge
 
     # -- using ----------------------------------------------------------------------------
-    def solve(self, rhs: Array, rtol: float = 1e-11) -> Array:
-        """Solve :math:`\tilde H_k v_k = rhs_k` for every problem; ``rhs`` is (K, d).
+    def solve(self, rhs: Array, rtol: float = 1e-10) -> Array:
+        r"""Solve :math:`\tilde H_k v_k = rhs_k` for every problem; ``rhs`` is (K, d).
 
         Preconditioned conjugate gradients on the current matrices, preconditioned by the
         inverse from the last factorisation: after a batch the two differ by a low-rank,
@@ -103,69 +118,67 @@ class CurvatureCache:
             out[k] = self._solve_one(k, rhs[k], rtol)
         return out
 
-    #: PCG iterations after which the preconditioner is rebuilt.
-    refactor_after = 12
-
     def _solve_one(self, k: int, b: Array, rtol: float) -> Array:
         H = self._H[k]
         bnorm = float(np.linalg.norm(b))
         if bnorm == 0.0:
             return np.zeros_like(b)
+        x = np.zeros_like(b)
         for attempt in range(2):
             P = self._preconditioner(k, fresh=attempt > 0)
-            x = blas.dsymv(1.0, P, b)
-            r = b - blas.dsymv(1.0, H, x)
-            z = blas.dsymv(1.0, P, r)
+            x = (P @ b.astype(np.float32)).astype(np.float64)
+            r = b - H @ x
+            z = (P @ r.astype(np.float32)).astype(np.float64)
             p = z.copy()
             rz = float(r @ z)
             for it in range(self.refactor_after + 1):
                 if float(np.linalg.norm(r)) <= rtol * bnorm:
                     self.last_iterations = it
                     return x
-                Hp = blas.dsymv(1.0, H, p)
+                Hp = H @ p
                 alpha = rz / float(p @ Hp)
                 x += alpha * p
                 r -= alpha * Hp
-                z = blas.dsymv(1.0, P, r)
+                z = (P @ r.astype(np.float32)).astype(np.float64)
                 rz_new = float(r @ z)
                 p = z + (rz_new / rz) * p
                 rz = rz_new
         self.last_iterations = self.refactor_after
         return x
 
-    def _preconditioner(self, k: int, fresh: bool) -> Array:
-        """Inverse of problem k's matrix at its last factorisation (upper triangle)."""
+    def _preconditioner(self, k: int, fresh: bool) -> NDArray[np.float32]:
+        """Inverse of problem k's matrix at its last factorisation (whole, symmetric)."""
         P = self._inverses[k]
         if P is None or fresh:
             factor, info = lapack.dpotrf(self._H[k], lower=0, clean=0)
+            if info == 0:
+                upper, info = lapack.dpotri(factor, lower=0)
             if info != 0:
                 msg = (
                     f"cached curvature of problem {k} is not positive definite "
-                    f"(LAPACK dpotrf info={info}); the regulariser lambda must be > 0"
+                    f"(LAPACK info={info}); the regulariser lambda must be > 0"
                 )
                 raise InvalidInput(msg)
-            P, info = lapack.dpotri(factor, lower=0)
+            # float32 is plenty for a preconditioner and halves its memory traffic; the
+            # solve itself runs against the float64 matrix
+            P = (np.triu(upper) + np.triu(upper, 1).T).astype(np.float32)
             self._inverses[k] = P
             self.n_factorisations += 1
         return P
 
     def matvec(self, V: Array) -> Array:
-        """:math:`\tilde H_k v_k` for every problem."""
-        return np.stack([blas.dsymv(1.0, self._H[k], V[k]) for k in range(self.n_problems)])
+        r""":math:`\tilde H_k v_k` for every problem."""
+        return np.einsum("kij,kj->ki", self._H, V)
 
     # -- checkpoints ----------------------------------------------------------------------
     def to_array(self) -> Array:
-        """The matrices as one (K, d, d) array with both triangles filled."""
-        out = np.empty((self.n_problems, self.n_features, self.n_features))
-        for k, H in enumerate(self._H):
-            upper = np.triu(H)
-            out[k] = upper + np.triu(H, 1).T
-        return out
+        """The matrices as one (K, d, d) array."""
+        return self._H.copy()
 
     @classmethod
     def from_array(cls, matrices: Array) -> CurvatureCache:
         """Rebuild a cache from :meth:`to_array`'s output."""
         K, d, _ = matrices.shape
         cache = cls(K, d)
-        cache._H = [np.asfortranarray(matrices[k]).copy(order="F") for k in range(K)]
+        cache._H = np.array(matrices, dtype=np.float64)
         return cache

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.linalg import blas
 
 from pipeline.errors import InvalidInput
 from pipeline.unlearning import certify
@@ -281,7 +280,7 @@ class LogisticUnlearner(BaseUnlearner):
         self._weight_error = np.zeros(self._K)
         self.n_curvature_recomputes_ += 1
         if self.certificate != "exact":
-            self._gram = np.asfortranarray(rec.X.T @ rec.X)
+            self._gram = rec.X.T @ rec.X
             self._spectral = certify.spectral_upper_bound(self._gram)
 
     # -- fitting --------------------------------------------------------------------------
@@ -377,7 +376,7 @@ class LogisticUnlearner(BaseUnlearner):
         delta = self._pullback(Rr, Xr) + self.lam * m * self._W
         self._curv.add(Xr, self._cref[rows], self.lam * m, sign=-1.0)
         if self.certificate != "exact":
-            self._gram = blas.dsyrk(-1.0, Xr, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
+            self._gram -= Xr.T @ Xr
         rec.erase(rows)
         self._cref[rows] = 0.0
         Xr[:] = 0.0
@@ -403,7 +402,7 @@ class LogisticUnlearner(BaseUnlearner):
         self._cref[rows] = weights
         self._curv.add(Xa, weights, self.lam * m, sign=1.0)
         if self.certificate != "exact":
-            self._gram = blas.dsyrk(1.0, Xa, beta=1.0, c=self._gram, trans=1, overwrite_c=1)
+            self._gram += Xa.T @ Xa
             self._spectral = math.sqrt(self._spectral**2 + float((Xa * Xa).sum()))
         C = rec.max_norm
         sizes = rec.n_records - m + 1 + np.arange(m)
@@ -462,7 +461,7 @@ class LogisticUnlearner(BaseUnlearner):
             if mode == "adaptive" and (
                 self.budget_ == 0 or self.certificate_ > self.measure_above * self.budget_
             ):
-                recomputed = self._remeasure() or recomputed
+                self._remeasure()
         if method == "fisher" and self._residual_known:
             recomputed = self._correct(force=recomputed and mode == "exact") or recomputed
         keep = self._fitted_records().compact()
@@ -483,13 +482,13 @@ class LogisticUnlearner(BaseUnlearner):
         self._residual_known = True
         self._cert = np.linalg.norm(residual, axis=1)
 
-    def _remeasure(self) -> bool:
+    def _remeasure(self) -> None:
         """Measure the residual exactly, and how stale the cached curvature weights are.
 
         The weights' largest error at this model restarts the bound's curvature term
-        (:func:`~pipeline.unlearning.certify.weight_error`); when some weight is off by
-        more than ``drift_tol`` of the largest possible weight (1/4), the curvature is
-        recomputed from all records.
+        (:func:`~pipeline.unlearning.certify.weight_error`). Stale weights only loosen the
+        bound (so measurements come sooner); the curvature is recomputed when a Fisher
+        correction measures a poor contraction (:meth:`_measure`), as with ``"exact"``.
         """
         G, Z = self._gradient_and_margins(self._W)
         self._set_residual(G)
@@ -497,10 +496,6 @@ class LogisticUnlearner(BaseUnlearner):
         errors = np.abs(curvature_weights(Z[present]) - self._cref[present])
         self._weight_error = errors.max(axis=0) if errors.size else np.zeros(self._K)
         self._drift = np.zeros(self._K)
-        if (self._weight_error > 0.25 * self.drift_tol).any():
-            self._recompute_curvature()
-            return True
-        return False
 
     def _measure(self, step: Array, predicted: Array, rhs: Array) -> bool:
         """Measure the residual after ``step``; recompute the curvature if it strayed from
@@ -538,7 +533,7 @@ class LogisticUnlearner(BaseUnlearner):
         inc, mismatch = np.empty(self._K), np.empty(self._K)
         for k in range(self._K):
             v = step[k]
-            Xv = math.sqrt(max(float(v @ blas.dsymv(1.0, self._gram, v)), 0.0))
+            Xv = math.sqrt(max(float(v @ (self._gram @ v)), 0.0))
             error = certify.weight_error(float(self._weight_error[k]), C, float(self._drift[k]))
             inc[k] = certify.bound_increment(
                 spectral=self._spectral,
@@ -620,9 +615,7 @@ class LogisticUnlearner(BaseUnlearner):
             n_curvature_recomputes=self.n_curvature_recomputes_,
         )
         if self.certificate != "exact":
-            state.update(
-                gram=np.triu(self._gram) + np.triu(self._gram, 1).T, spectral=self._spectral
-            )
+            state.update(gram=self._gram.copy(), spectral=self._spectral)
         return state
 
     @classmethod
@@ -653,6 +646,11 @@ class LogisticUnlearner(BaseUnlearner):
         model._worst_case = float(state["worst_case"])
         model.n_curvature_recomputes_ = int(state["n_curvature_recomputes"])
         if model.certificate != "exact":
-            model._gram = np.asfortranarray(state["gram"], dtype=np.float64)
-            model._spectral = float(state["spectral"])
+            if "gram" in state:
+                model._gram = np.array(state["gram"], dtype=np.float64)
+                model._spectral = float(state["spectral"])
+            else:  # saved by an "exact" model: build what the bound needs (O(n d^2))
+                X = model._fitted_records().X
+                model._gram = X.T @ X
+                model._spectral = certify.spectral_upper_bound(model._gram)
         return model

@@ -107,7 +107,9 @@ def test_small_batches_reuse_the_cached_curvature(mnist_3v8):
 
 def test_drift_recomputes_the_curvature_and_says_so(digits):
     X, y = digits
-    model = LogisticUnlearner(lam=1e-3, sigma=1.0, method="influence", drift_tol=1e-6).fit(X, y)
+    model = LogisticUnlearner(
+        lam=1e-3, sigma=1.0, method="influence", certificate="exact", drift_tol=1e-6
+    ).fit(X, y)
     recomputes = model.n_curvature_recomputes_
     report = model.forget(range(200))
     assert report.curvature_recomputed

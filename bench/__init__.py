@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; ``make bench`` runs :mod:`bench.run` and writes BENCHMARKS.md."""

@@ -1,0 +1,215 @@
+"""Engine benchmarks: Guo et al.'s MNIST 3-vs-8 setting and the cost of an update batch.
+
+Everything is measured in one run on the real datasets (``pipeline.datasets``), next to the
+baseline the engine replaces: scikit-learn's ``LogisticRegression`` (default settings)
+retrained on the remaining data.
+
+* ``guo_setting``: lambda = 1e-3, sigma = 10, epsilon = 1, delta = 1e-4 on MNIST 3 vs 8:
+  test accuracy, budget, worst-case bound, and how many single-point random removals each
+  certificate supports before it passes the budget.
+* ``batch_cost``: time to forget a batch of 1, 10, 100 and 1000 records at n = 11,982
+  (3 vs 8, binary) and n = 60,000 (MNIST, ten classes one-vs-rest), each batch size
+  starting from the same fitted model, against scikit-learn retraining without them.
+* ``flat_in_n``: the 100-record batch at several n.
+* ``fidelity``: after forgetting 1% in batches of 10, the distance to an exact refit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from bench.machine import describe
+from pipeline import LogisticUnlearner
+from pipeline.datasets import Dataset, load
+from pipeline.unlearning import certify
+
+Log = Callable[[str], object]
+
+GUO = {"lam": 1e-3, "sigma": 10.0, "epsilon": 1.0, "delta": 1e-4, "seed": 0}
+BATCHES = (1, 10, 100, 1000)
+
+
+def _variant(model: LogisticUnlearner, **changes: Any) -> LogisticUnlearner:
+    """A copy of a fitted model with other certificate settings (no refit)."""
+    state = model.state_dict(include_records=True)
+    state.update(changes)
+    return LogisticUnlearner.from_state_dict(state)
+
+
+def _subset(ds: Dataset, n: int) -> Dataset:
+    idx = np.random.default_rng(0).permutation(len(ds.y))[:n]
+    return Dataset(ds.name, ds.X[idx], ds.y[idx], ds.X_test, ds.y_test)
+
+
+def _fit(ds: Dataset, **params: Any) -> tuple[LogisticUnlearner, float]:
+    start = time.perf_counter()
+    model = LogisticUnlearner(**{**GUO, **params}).fit(ds.X, ds.y)
+    return model, time.perf_counter() - start
+
+
+# -- Guo et al.'s setting -------------------------------------------------------------------
+def removals_supported(model: LogisticUnlearner, order: np.ndarray, cap: int) -> dict[str, Any]:
+    """Forget single records in ``order`` until the certificate passes the budget."""
+    trajectory: dict[int, float] = {}
+    start = time.perf_counter()
+    supported = None
+    done = 0
+    for done, record in enumerate(order[:cap].tolist(), start=1):
+        report = model.forget([record])
+        if done in (1, 10, 30, 100, 300, 1000, 3000) or done == cap:
+            trajectory[done] = report.certificate
+        if report.certificate > report.budget:
+            supported = done - 1
+            break
+    return {
+        "supported": supported,
+        "tried": done,
+        "certificate_after": trajectory,
+        "seconds_per_removal": (time.perf_counter() - start) / max(done, 1),
+    }
+
+
+def guo_setting(ds: Dataset, quick: bool, log: Log) -> dict[str, Any]:
+    model, fit_seconds = _fit(ds)
+    n = len(ds.y)
+    C = model._fitted_records().max_norm
+    worst = certify.worst_case_bound(C, GUO["lam"], n)
+    log(f"3v8: fitted n={n} in {fit_seconds:.1f} s, budget {model.budget_:.3f}")
+    order = np.random.default_rng(1).permutation(n)
+    caps = {"guo": 30 if quick else 300, "ours": 100 if quick else 1000}
+    variants = {
+        "guo_accumulated_bound": (
+            _variant(model, certificate="bound", method="influence", drift_tol=0.0),
+            caps["guo"],
+        ),
+        "exact_influence": (_variant(model, certificate="exact", method="influence"), caps["ours"]),
+        "adaptive_influence": (_variant(model, method="influence"), caps["ours"]),
+        "adaptive_fisher (default)": (_variant(model), caps["ours"]),
+    }
+    counts = {}
+    for name, (variant, cap) in variants.items():
+        counts[name] = removals_supported(variant, order, cap)
+        log(f"3v8: {name}: {counts[name]['certificate_after']}")
+    guo = counts["guo_accumulated_bound"]["certificate_after"]
+    exact = counts["exact_influence"]["certificate_after"]
+    at = max(k for k in guo if k in exact)
+    growth_guo = guo[at] - guo[min(guo)] if at > min(guo) else guo[at]
+    growth_exact = max(exact[at] - exact[min(exact)], 1e-300)
+    return {
+        "params": GUO,
+        "n_train": n,
+        "fit_seconds": fit_seconds,
+        "test_accuracy": model.score(ds.X_test, ds.y_test),
+        "budget": model.budget_,
+        "worst_case_per_removal": worst,
+        "worst_case_removals_supported": int(model.budget_ // worst),
+        "removals": counts,
+        "compared_at": at,
+        "bound_over_exact_growth": growth_guo / growth_exact,
+    }
+
+
+# -- batch cost ------------------------------------------------------------------------------
+def batch_costs(
+    name: str, ds: Dataset, quick: bool, log: Log, exact_too: bool
+) -> list[dict[str, Any]]:
+    model, fit_seconds = _fit(ds)
+    log(f"{name}: fitted n={len(ds.y)}, {len(model.classes_)} classes in {fit_seconds:.1f} s")
+    n = len(ds.y)
+    reps = {1: 5, 10: 5, 100: 3, 1000: 1} if quick else {1: 20, 10: 20, 100: 10, 1000: 3}
+    sk_reps = 1 if (quick or n > 20_000) else 3
+    rows = []
+    variants = {"adaptive (default)": {}}
+    if exact_too:
+        variants["exact"] = {"certificate": "exact"}
+    for batch in BATCHES if not quick else BATCHES[:3]:
+        order = np.random.default_rng(batch).permutation(n)
+        row: dict[str, Any] = {
+            "dataset": name,
+            "n": n,
+            "classes": len(model.classes_),
+            "batch": batch,
+        }
+        for label, changes in variants.items():
+            variant = _variant(model, **changes)
+            times = []
+            for r in range(reps[batch]):
+                report = variant.forget(order[r * batch : (r + 1) * batch].tolist())
+                times.append(report.seconds)
+            row[f"{label} median s"] = statistics.median(times)
+            row[f"{label} mean s"] = statistics.fmean(times)
+        keep = order[batch:]
+        sk_times = []
+        for _ in range(sk_reps):
+            start = time.perf_counter()
+            LogisticRegression().fit(ds.X[keep], ds.y[keep])
+            sk_times.append(time.perf_counter() - start)
+        row["sklearn retrain s"] = statistics.median(sk_times)
+        row["speedup (median)"] = row["sklearn retrain s"] / row["adaptive (default) median s"]
+        log(f"{name}: batch {batch}: {row}")
+        rows.append(row)
+    return rows
+
+
+def flat_in_n(ds: Dataset, quick: bool, log: Log) -> list[dict[str, Any]]:
+    sizes = (1500, 3000) if quick else (3000, 6000, len(ds.y))
+    rows = []
+    for n in sizes:
+        sub = _subset(ds, n)
+        model, _ = _fit(sub)
+        row: dict[str, Any] = {"n": n, "batch": 100}
+        for label, changes in {"adaptive (default)": {}, "exact": {"certificate": "exact"}}.items():
+            variant = _variant(model, **changes)
+            order = np.random.default_rng(5).permutation(n)
+            times = [
+                variant.forget(order[r * 100 : (r + 1) * 100].tolist()).seconds for r in range(5)
+            ]
+            row[f"{label} median s"] = statistics.median(times)
+        log(f"flat in n: {row}")
+        rows.append(row)
+    return rows
+
+
+def fidelity(ds: Dataset, log: Log) -> dict[str, Any]:
+    model, _ = _fit(ds)
+    removed = np.random.default_rng(7).choice(len(ds.y), size=len(ds.y) // 100, replace=False)
+    for batch in np.array_split(removed, len(removed) // 10):
+        model.forget(batch.tolist())
+    keep = np.setdiff1d(np.arange(len(ds.y)), removed)
+    exact, _ = _fit(Dataset(ds.name, ds.X[keep], ds.y[keep], ds.X_test, ds.y_test))
+    row = {
+        "removed": int(len(removed)),
+        "batches_of": 10,
+        "relative_parameter_distance": float(
+            np.linalg.norm(model.coef_ - exact.coef_) / np.linalg.norm(exact.coef_)
+        ),
+        "test_accuracy_unlearned": model.score(ds.X_test, ds.y_test),
+        "test_accuracy_refit": exact.score(ds.X_test, ds.y_test),
+        "certificate": model.certificate_,
+        "budget": model.budget_,
+    }
+    log(f"fidelity: {row}")
+    return row
+
+
+def run_engine_bench(quick: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """All engine figures as one JSON-able object (times in seconds)."""
+    say: Log = log or (lambda _msg: None)
+    mnist_3v8 = load("mnist_3v8_train")
+    binary = _subset(mnist_3v8, 3000) if quick else mnist_3v8
+    results: dict[str, Any] = {"machine": describe(), "quick": quick}
+    results["guo_setting"] = guo_setting(binary, quick, say)
+    costs = batch_costs("MNIST 3 vs 8", binary, quick, say, exact_too=True)
+    if not quick:
+        mnist = load("mnist_train")
+        costs += batch_costs("MNIST one-vs-rest", mnist, quick, say, exact_too=False)
+    results["batch_cost"] = costs
+    results["flat_in_n"] = flat_in_n(mnist_3v8, quick, say)
+    results["fidelity"] = fidelity(binary, say)
+    return results
