@@ -57,6 +57,34 @@ class Settings(BaseSettings):
         Replication factor when the pipeline creates its topics.
     legal_deadline_days : int
         Days a deletion may take before it is overdue (GDPR: one month).
+    max_batch, max_wait : int, float
+        A worker applies up to ``max_batch`` events per model at once, waiting at most
+        ``max_wait`` seconds to fill a batch.
+    max_event_bytes : int
+        Larger messages are dead-lettered as ``oversized``.
+    metrics_port : int
+        Port of the worker's and the retrainer's Prometheus ``/metrics`` (0: a free port,
+        announced at start).
+    metrics_addr : str
+        Address ``/metrics`` listens on (``0.0.0.0`` in a container).
+    metrics_interval : float
+        Seconds between refreshes of the per-model gauges (read from Redis) and the lag.
+    broker_timeouts : {"default", "fast"}
+        ``fast`` shortens faust's session, heartbeat and rebalance timeouts (tests, demo).
+    keep_versions : int
+        Model versions kept in Redis per model (older ones are retired).
+    retrain_accuracy_drop, retrain_deleted_fraction : float
+        Retrain when holdout accuracy fell by more than this since the last full fit, or
+        when more than this fraction of the records was deleted since then.
+    retrain_cron : str or None
+        Cron expression for scheduled retrains (``"0 3 * * *"``); none by default.
+    retrain_min_interval : float
+        Seconds between two retrains of one model (triggers in between are absorbed).
+    retrain_timeout : float
+        A retrain not handed back within this many seconds is abandoned.
+    retrain_hold_seconds : float
+        The retrainer holds a finished fit this long before handing it back, so that a
+        demo or a test can show deletions arriving during a retrain; 0 in production.
     """
 
     model_config = SettingsConfigDict(
@@ -70,6 +98,24 @@ class Settings(BaseSettings):
     partitions: int = Field(default=6, gt=0, le=10_000)
     replication_factor: int = Field(default=1, gt=0, le=16)
     legal_deadline_days: int = Field(default=30, gt=0, le=3650)
+
+    # workers: batching and limits
+    max_batch: int = Field(default=500, gt=0, le=100_000)
+    max_wait: float = Field(default=0.5, gt=0, le=60)
+    max_event_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
+    metrics_interval: float = Field(default=5.0, gt=0, le=3600)
+    broker_timeouts: Literal["default", "fast"] = "default"
+    keep_versions: int = Field(default=50, gt=0, le=1_000_000)
+
+    # retraining fallback (pipeline.policy)
+    retrain_accuracy_drop: float = Field(default=0.02, gt=0, le=1)
+    retrain_deleted_fraction: float = Field(default=0.1, gt=0, le=1)
+    retrain_cron: str | None = None
+    retrain_min_interval: float = Field(default=60.0, ge=0)
+    retrain_timeout: float = Field(default=1800.0, gt=0)
+    retrain_hold_seconds: float = Field(default=0.0, ge=0, le=3600)
 
     redis_username: str | None = None
     redis_password: SecretStr | None = None

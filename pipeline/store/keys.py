@@ -123,6 +123,31 @@ class KeySpace:
         """SET: models a deletion request concerns (own hash tag)."""
         return f"{self.namespace}:{{r:{request_id}}}:models"
 
+    def applied_events(self, model_id: str) -> str:
+        """ZSET: ids of the input events applied to the model (score: seq), for replays."""
+        return f"{self._model(model_id)}:applied"
+
+    def holdout(self, model_id: str) -> str:
+        """HASH: the model's holdout set (encoded like a checkpoint: ``X``, ``y``)."""
+        return f"{self._model(model_id)}:holdout"
+
+    # retraining -------------------------------------------------------------------
+    def retrain_inflight(self, model_id: str) -> str:
+        """STRING (with TTL): JSON of the retrain in flight; its presence coalesces triggers."""
+        return f"{self._model(model_id)}:retrain:inflight"
+
+    def retrain_result(self, model_id: str) -> str:
+        """HASH: a finished fit handed back by the retrainer (engine state + ``meta``)."""
+        return f"{self._model(model_id)}:retrain:result"
+
+    def retrain_last(self, model_id: str) -> str:
+        """STRING: epoch seconds when the model's last retrain started (rate limit)."""
+        return f"{self._model(model_id)}:retrain:last"
+
+    def worker(self, name: str) -> str:
+        """STRING (with TTL): JSON status of a running worker process (readiness, metrics)."""
+        return f"{self.namespace}:worker:{name}"
+
     def model_index(self) -> str:
         """SET: every model id that has published a version."""
         return f"{self.namespace}:models"

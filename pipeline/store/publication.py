@@ -47,9 +47,11 @@ from pipeline.store.records import (
 )
 from pipeline.store.versions import ModelSpec, VersionMetadata
 
-__all__ = ["STREAM_MAXLEN", "Publication", "PublishResult"]
+__all__ = ["APPLIED_EVENTS_KEPT", "STREAM_MAXLEN", "Publication", "PublishResult"]
 
 STREAM_MAXLEN = 10_000
+APPLIED_EVENTS_KEPT = 1_000_000
+"""Applied input event ids remembered per model (the oldest are forgotten first)."""
 _MAX_RETRIES = 20
 
 
@@ -139,6 +141,9 @@ class Publication:
         self._state: dict[str, bytes] | None = None
         self._keep_older: bool = False
         self._keep_last: int | None = None
+        self._events: list[str] = []
+        self._retrain_done = False
+        self._holdout: dict[str, bytes] | None = None
         self._committed = False
 
     # ---- building ------------------------------------------------------------------
@@ -190,6 +195,21 @@ class Publication:
         """Save the engine state with the new version, dropping older checkpoints."""
         self._state = encode_state(state)
         self._keep_older = keep_older
+        return self
+
+    def mark_events(self, event_ids: Iterable[str]) -> Publication:
+        """Remember input event ids as applied (scored by the new seq), for replays."""
+        self._events.extend(event_ids)
+        return self
+
+    def replace_holdout(self, fields: Mapping[str, bytes]) -> Publication:
+        """Write the model's holdout set (encoded hash fields) with the new version."""
+        self._holdout = dict(fields)
+        return self
+
+    def retrain_done(self) -> Publication:
+        """Clear the model's in-flight retrain marker and handed-back result."""
+        self._retrain_done = True
         return self
 
     def retain(self, keep_last: int) -> Publication:
@@ -259,11 +279,14 @@ class Publication:
             raise ModelVersionConflict(model_id, self.expected_version, found)
         version = found + 1
 
+        ids = list(dict.fromkeys(self._erase_ids))
+        replaced = set(ids)  # an id both erased and added is replaced: erase, then add
         adds = list(self._adds.values())
         held = pipe.smismember(keys.records(model_id), [r.record_id for r in adds]) if adds else []
-        added = [rec for rec, has in zip(adds, held, strict=True) if not has]
+        added = [
+            rec for rec, has in zip(adds, held, strict=True) if not has or rec.record_id in replaced
+        ]
 
-        ids = list(dict.fromkeys(self._erase_ids))
         for subject_id in self._erase_subjects:
             members = pipe.smembers(keys.subject_records(model_id, subject_id))
             ids.extend(sorted(m.decode() for m in members if m.decode() not in ids))
@@ -355,8 +378,17 @@ class Publication:
         pipe.zadd(keys.versions(model_id), {str(version): version})
         pipe.set(keys.current(model_id), version)
         pipe.set(keys.applied_seq(model_id), self._seq if self._seq is not None else meta.seq)
-        stage_add(pipe, keys, model_id, plan.added)
         stage_erase(pipe, keys, model_id, plan.erase)
+        stage_add(pipe, keys, model_id, plan.added)
+        if self._events:
+            seq = self._seq if self._seq is not None else meta.seq
+            pipe.zadd(keys.applied_events(model_id), dict.fromkeys(self._events, seq))
+            pipe.zremrangebyrank(keys.applied_events(model_id), 0, -APPLIED_EVENTS_KEPT - 1)
+        if self._holdout is not None:
+            pipe.delete(keys.holdout(model_id))
+            pipe.hset(keys.holdout(model_id), mapping=self._holdout)
+        if self._retrain_done:
+            pipe.delete(keys.retrain_inflight(model_id), keys.retrain_result(model_id))
         for receipt in plan.receipts:
             stage_receipt(pipe, keys, receipt)
         if self._state is not None:

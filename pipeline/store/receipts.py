@@ -129,6 +129,42 @@ class ReceiptStore:
             out.append(self._open(fresh))
         return out
 
+    def received_many(
+        self, model_id: str, requests: Iterable[tuple[str, datetime]]
+    ) -> dict[str, Receipt]:
+        """Open ``received`` receipts of many requests for one model, in two round trips.
+
+        ``requests`` are ``(request_id, received_at)`` pairs. Existing receipts are kept
+        (a replay). Meant for the model's single writer: the read and the writes are not
+        one transaction.
+
+        Returns
+        -------
+        dict of str to Receipt
+            The stored receipt of each request (existing or new).
+        """
+        wanted = dict(requests)
+        ids = list(wanted)
+        out: dict[str, Receipt] = {}
+        pipe = self._r.pipeline(transaction=False)
+        for request_id, existing in zip(ids, self.get_many(ids, model_id), strict=True):
+            if existing is not None:
+                out[request_id] = existing
+                continue
+            fresh = next_receipt(
+                None,
+                request_id=request_id,
+                model_id=model_id,
+                status=ReceiptStatus.RECEIVED,
+                deadline=self.legal_deadline,
+                now=wanted[request_id],
+            )
+            pipe.sadd(self._keys.request_models(request_id), model_id)
+            stage_receipt(pipe, self._keys, fresh)
+            out[request_id] = fresh
+        pipe.execute()
+        return out
+
     def _open(self, fresh: Receipt) -> Receipt:
         key = self._keys.receipt(fresh.model_id, fresh.request_id)
         with self._r.pipeline(transaction=True) as pipe:
@@ -173,6 +209,49 @@ class ReceiptStore:
                     return receipt
                 except redis.WatchError:
                     continue
+
+    def close(
+        self, request_id: str, model_id: str, status: ReceiptStatus, **outcome: Any
+    ) -> Receipt:
+        """Close a request for one model without publishing a version (a final receipt is kept).
+
+        For outcomes that change no model, e.g. ``already_absent`` with ``version`` set to
+        the current version, which already does not hold the records.
+        """
+        if not ReceiptStatus(status).final:
+            msg = f"close() takes a final status, got {status!r}"
+            raise InvalidInput(msg)
+        self._r.sadd(self._keys.request_models(request_id), model_id)
+        key = self._keys.receipt(model_id, request_id)
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    existing = _parse(pipe.get(key))
+                    if existing is not None and existing.status.final:
+                        return existing
+                    receipt = next_receipt(
+                        existing,
+                        request_id=request_id,
+                        model_id=model_id,
+                        status=ReceiptStatus(status),
+                        deadline=self.legal_deadline,
+                        **outcome,
+                    )
+                    pipe.multi()
+                    stage_receipt(pipe, self._keys, receipt)
+                    pipe.execute()
+                    return receipt
+                except redis.WatchError:
+                    continue
+
+    def get_many(self, request_ids: Iterable[str], model_id: str) -> list[Receipt | None]:
+        """Receipts of several requests for one model, in one round trip."""
+        ids = list(request_ids)
+        if not ids:
+            return []
+        raws = self._r.mget([self._keys.receipt(model_id, rid) for rid in ids])
+        return [_parse(raw) for raw in raws]
 
     def get_one(self, request_id: str, model_id: str) -> Receipt | None:
         """The receipt of one request for one model, or ``None``."""

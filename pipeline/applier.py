@@ -1,0 +1,686 @@
+"""Applying a batch of deletions and new records to one model: the worker's logic, no faust.
+
+The faust agents (``workers/app.py``) decode messages, hand the events to an
+:class:`Applier` and publish what it returns. For one model and one batch of events,
+in their order, :meth:`Applier.apply`
+
+1. loads the model (engine checkpoint of the current version + its records from Redis;
+   cached between batches, reloaded when another writer moved ``current``);
+2. drops replays: a deletion request whose receipt for this model is final, a
+   ``RecordAdded`` whose event id was applied (event ids are remembered per model);
+3. resolves the batch to its net effect: records to forget (a subject's records, named
+   records; a record id learned again is replaced: forget the old, learn the new) and
+   records to learn; a record learned and deleted within the batch is never learned;
+4. makes one ``forget`` and one ``learn`` call on the engine;
+5. publishes in ONE Redis transaction (:class:`~pipeline.store.Publication`): the new
+   version and ``current``, the erasure of the forgotten records' features, the new
+   records, a receipt per request, the applied event ids and sequence number, the engine
+   checkpoint;
+6. asks the retrain policy (:mod:`pipeline.policy`) whether to fall back to a full fit.
+
+It returns an :class:`Outcome`: the ``ModelPublished`` notice, the receipts, the record
+ids to tombstone on the compacted records topic, the rejected events (for the dead-letter
+topic) and a ``RetrainRequested`` when a trigger fired. A replayed batch changes nothing
+and returns no receipt.
+
+:meth:`Applier.merge_retrain` takes a refit handed back by the retrainer (at snapshot
+sequence S), forgets from it every record erased after S, learns every record added after
+S, and publishes it. To be able to forget a record erased after S from the refitted model,
+the worker keeps that record's features *in memory* while a retrain is in flight (the
+retrainer holds them too, in the snapshot it fits on); they are dropped once the result
+is merged. A worker restarted meanwhile cannot merge and asks for a new retrain.
+
+The applier is not thread-safe: a worker runs it on one executor thread (single writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ModelVersionConflict, PipelineError, UnknownModel
+from pipeline.events import (
+    DeletionRequested,
+    ModelPublished,
+    Receipt,
+    ReceiptStatus,
+    RecordAdded,
+    RetrainCompleted,
+    RetrainRequested,
+)
+from pipeline.intake import Message, Rejected
+from pipeline.policy import FitBaseline, ModelHealth, RetrainPolicy, RetrainReason
+from pipeline.retraining import Retraining, engine_from_state
+from pipeline.store.facade import Store
+from pipeline.store.publication import Publication, PublishResult
+from pipeline.store.records import StoredRecord
+from pipeline.training import Engine, Holdout, engine_spec, holdout_score, load_holdout
+from pipeline.unlearning import LogisticUnlearner, UpdateReport
+
+__all__ = ["Applier", "Forget", "Learn", "Outcome"]
+
+log = logging.getLogger(__name__)
+_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A deletion request routed to one model, with the message it came from."""
+
+    request: DeletionRequested
+    message: Message | None = None
+
+
+@dataclass(frozen=True)
+class Learn:
+    """A new record for one model, with the message it came from."""
+
+    event: RecordAdded
+    message: Message | None = None
+
+
+Op = Forget | Learn
+
+
+@dataclass
+class Outcome:
+    """What one batch (or one merge) did to one model, for the worker to publish.
+
+    Attributes
+    ----------
+    published : ModelPublished or None
+        The notice for ``unlearn.model-updates`` (None: no new version).
+    receipts : list of Receipt
+        Receipts written by this batch (a replay writes none).
+    tombstones : list of str
+        Record ids whose features were erased: tombstone them on ``unlearn.records``.
+    rejected : list of Rejected
+        Events refused for this model (dead letters).
+    retrain : RetrainRequested or None
+        A retrain trigger that fired.
+    completed : RetrainCompleted or None
+        Set when this outcome published a merged retrain.
+    reports : list of UpdateReport
+        The engine's reports of this batch's updates (a forget, a learn, or both).
+    skipped : int
+        Events already applied before (replays), dropped.
+    """
+
+    model_id: str
+    published: ModelPublished | None = None
+    receipts: list[Receipt] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)
+    rejected: list[Rejected[Any]] = field(default_factory=list)
+    retrain: RetrainRequested | None = None
+    completed: RetrainCompleted | None = None
+    reports: list[UpdateReport] = field(default_factory=list)
+    skipped: int = 0
+
+
+@dataclass
+class _Loaded:
+    """A model as the worker holds it between batches."""
+
+    engine: Engine
+    version: int
+    seq: int
+    held: set[str]
+    extra: dict[str, Any]
+    holdout: Holdout | None
+    # features of records erased while a retrain is in flight: (seq, id, features, label)
+    retained: list[tuple[int, str, np.ndarray, Any]] = field(default_factory=list)
+    retain_from: int | None = None
+
+
+@dataclass
+class _Plan:
+    """The net effect of one batch on one model."""
+
+    removed: dict[str, None] = field(default_factory=dict)
+    added: dict[str, StoredRecord] = field(default_factory=dict)
+    erased_pending: set[str] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+    subjects: set[str] = field(default_factory=set)
+    rejected: list[Rejected[Any]] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.removed or self.added or self.erased_pending or self.events)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Applier:
+    """Applies batches to models held in Redis; see the module docstring.
+
+    Parameters
+    ----------
+    store : Store
+    policy : RetrainPolicy
+    retraining : Retraining, optional
+        Shared with the retrainer (in-flight markers, hand-off); default on ``store``.
+    keep_versions : int
+        Versions kept per model (older ones retired with each publication).
+    retrigger_after : float
+        Seconds before the same model may trigger a retrain again.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        policy: RetrainPolicy | None = None,
+        retraining: Retraining | None = None,
+        keep_versions: int = 50,
+        retrigger_after: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.policy = policy or RetrainPolicy()
+        self.retraining = retraining or Retraining(store)
+        self.keep_versions = keep_versions
+        self.retrigger_after = retrigger_after
+        self._models: dict[str, _Loaded] = {}
+        self._triggered: dict[str, float] = {}
+
+    # ---- routing deletions -------------------------------------------------------------
+    def route(self, forgets: list[Forget]) -> tuple[dict[str, list[Forget]], Outcome]:
+        """Fan deletion requests out to the models they concern.
+
+        A request names its models, or concerns every model that holds the subject's or
+        the named records. A named model that does not exist gets a ``rejected`` receipt
+        (and the request a dead letter if it names no existing model); a request whose
+        data no model holds gets an ``already_absent`` receipt from every model.
+
+        Returns
+        -------
+        by_model : dict of str to list of Forget
+        outcome : Outcome
+            Receipts written and events rejected while routing.
+        """
+        registry = set(self.store.models.models())
+        by_model: dict[str, list[Forget]] = {}
+        outcome = Outcome(model_id="*")
+        for op in forgets:
+            req = op.request
+            if req.model_ids is not None:
+                known = [m for m in dict.fromkeys(req.model_ids) if m in registry]
+                for missing in (m for m in dict.fromkeys(req.model_ids) if m not in registry):
+                    reason = f"model {missing!r} does not exist"
+                    self._close_new(
+                        outcome, req.request_id, missing, ReceiptStatus.REJECTED, reason=reason
+                    )
+                if not known:
+                    if op.message is not None:
+                        error = f"request {req.request_id!r} names no existing model: " + ", ".join(
+                            repr(m) for m in req.model_ids
+                        )
+                        outcome.rejected.append(Rejected(op.message, "unknown_model", error))
+                    continue
+                targets = known
+            else:
+                targets = sorted(self._holders(req, registry))
+                if not targets:
+                    for model_id in sorted(registry):
+                        version = self.store.models.current_version(model_id) or None
+                        self._close_new(
+                            outcome,
+                            req.request_id,
+                            model_id,
+                            ReceiptStatus.ALREADY_ABSENT,
+                            version=version,
+                        )
+                    continue
+            for model_id in targets:
+                by_model.setdefault(model_id, []).append(op)
+        return by_model, outcome
+
+    def _close_new(
+        self,
+        outcome: Outcome,
+        request_id: str,
+        model_id: str,
+        status: ReceiptStatus,
+        **fields: Any,
+    ) -> None:
+        """Close a request for a model unless it is final already (then: a replay)."""
+        existing = self.store.receipts.get_one(request_id, model_id)
+        if existing is not None and existing.status.final:
+            outcome.skipped += 1
+            return
+        if status is ReceiptStatus.REJECTED:
+            receipt = self.store.receipts.reject(request_id, model_id, str(fields["reason"]))
+        else:
+            receipt = self.store.receipts.close(request_id, model_id, status, **fields)
+        outcome.receipts.append(receipt)
+
+    def _holders(self, req: DeletionRequested, registry: set[str]) -> set[str]:
+        models: set[str] = set()
+        if req.subject_id is not None:
+            models |= self.store.records.models_for_subject(req.subject_id) & registry
+        if req.record_ids:
+            client: Any = self.store.client
+            pipe = client.pipeline(transaction=False)
+            ordered = sorted(registry - models)
+            for model_id in ordered:
+                pipe.smismember(self.store.keys.records(model_id), req.record_ids)
+            for model_id, found in zip(ordered, pipe.execute(), strict=True):
+                if any(found):
+                    models.add(model_id)
+        return models
+
+    # ---- applying a batch -------------------------------------------------------------
+    def apply(self, model_id: str, ops: list[Op], *, _attempt: int = 0) -> Outcome:
+        """Apply a batch of events (in order) to one model; see the module docstring."""
+        try:
+            loaded = self._load(model_id)
+        except UnknownModel as exc:
+            out = Outcome(model_id)
+            for op in ops:
+                if op.message is not None:
+                    out.rejected.append(Rejected(op.message, "unknown_model", str(exc)))
+            return out
+        in_flight = self.retraining.in_flight(model_id) is not None
+        if not in_flight:
+            loaded.retained.clear()
+            loaded.retain_from = None
+        elif loaded.retain_from is None:
+            loaded.retain_from = loaded.seq
+
+        plan = self._plan(model_id, loaded, ops)
+        if not plan.changes:
+            return self._close_unchanged(model_id, loaded, plan)
+
+        reports: list[UpdateReport] = []
+        erased_features: list[StoredRecord | None] = []
+        try:
+            if in_flight and plan.removed:
+                erased_features = self.store.records.get_many(model_id, list(plan.removed))
+            if plan.removed:
+                reports.append(loaded.engine.forget(list(plan.removed)))
+            if plan.added:
+                recs = list(plan.added.values())
+                X = np.stack([r.features for r in recs])
+                y = np.array([r.label for r in recs])
+                reports.append(loaded.engine.learn(X, y, ids=[r.record_id for r in recs]))
+            result, health = self._publish_batch(model_id, loaded, plan, reports)
+        except ModelVersionConflict:
+            self._models.pop(model_id, None)
+            if _attempt >= _RETRIES:
+                raise
+            log.warning("model %r moved under this worker; reloading and retrying", model_id)
+            return self.apply(model_id, ops, _attempt=_attempt + 1)
+        except BaseException:
+            self._models.pop(model_id, None)  # the engine may be half-updated: reload
+            raise
+
+        new_seq = result.metadata.seq
+        for rec in erased_features:
+            if rec is not None:
+                loaded.retained.append((new_seq, rec.record_id, rec.features, rec.label))
+        loaded.held.difference_update(plan.removed)
+        loaded.held.update(plan.added)
+        loaded.version, loaded.seq = result.version, new_seq
+        loaded.extra = dict(result.metadata.extra)
+
+        out = Outcome(
+            model_id,
+            published=self._notice(result),
+            receipts=list(result.receipts),
+            tombstones=sorted((set(plan.removed) | plan.erased_pending) - set(plan.added)),
+            rejected=plan.rejected,
+            reports=reports,
+            skipped=plan.skipped,
+        )
+        reason = self.policy.decide(health)
+        if reason is not None and not in_flight:
+            out.retrain = self._trigger(model_id, reason, new_seq)
+        return out
+
+    def _plan(self, model_id: str, loaded: _Loaded, ops: list[Op]) -> _Plan:
+        plan = _Plan()
+        forgets = [op.request for op in ops if isinstance(op, Forget)]
+        now = _now()
+        receipts = self.store.receipts.received_many(
+            model_id, [(r.request_id, min(r.ts, now)) for r in forgets]
+        )
+        final = {rid for rid, rcpt in receipts.items() if rcpt.status.final}
+        learns = [op.event.event_id for op in ops if isinstance(op, Learn)]
+        seen = self._seen_events(model_id, learns)
+        batch_events: set[str] = set()
+        for op in ops:
+            if isinstance(op, Learn):
+                ev = op.event
+                if ev.event_id in seen or ev.event_id in batch_events:
+                    plan.skipped += 1
+                    continue
+                problem = self._check(model_id, loaded.engine, ev)
+                if problem is not None:
+                    if op.message is not None:
+                        plan.rejected.append(Rejected(op.message, *problem))
+                    continue
+                batch_events.add(ev.event_id)
+                plan.events.append(ev.event_id)
+                rid = ev.record_id
+                if rid not in plan.added and rid in loaded.held and rid not in plan.removed:
+                    plan.removed[rid] = None  # replaced: forget the old version
+                plan.added[rid] = StoredRecord.from_event(ev)
+                continue
+            req = op.request
+            if req.request_id in final or req.request_id in plan.requests:
+                plan.skipped += 1
+                continue
+            plan.requests[req.request_id] = self._resolve(model_id, loaded, plan, req)
+            if req.subject_id is not None:
+                plan.subjects.add(req.subject_id)
+        return plan
+
+    def _resolve(self, model_id: str, loaded: _Loaded, plan: _Plan, req: DeletionRequested) -> int:
+        """Mark a request's records for removal; return how many it removes."""
+        n = 0
+        stored: list[str] = []
+        pending: list[str] = []
+        if req.subject_id is not None:
+            subject = req.subject_id
+            stored = sorted(self.store.records.subject_record_ids(model_id, subject))
+            stored = [r for r in stored if r in loaded.held and r not in plan.removed]
+            pending = [r for r, rec in plan.added.items() if rec.subject_id == subject]
+        for rid in pending:
+            del plan.added[rid]
+            plan.erased_pending.add(rid)
+            n += 1
+        for rid in stored:
+            plan.removed[rid] = None
+            n += 1
+        for rid in dict.fromkeys(req.record_ids or []):
+            if rid in plan.added:
+                del plan.added[rid]
+                plan.erased_pending.add(rid)
+                n += 1
+            elif rid in loaded.held and rid not in plan.removed:
+                plan.removed[rid] = None
+                n += 1
+        return n
+
+    def _check(self, model_id: str, engine: Engine, ev: RecordAdded) -> tuple[str, str] | None:
+        expected = engine.n_features_in_
+        if len(ev.features) != expected:
+            return (
+                "feature_count",
+                f"record {ev.record_id!r} has {len(ev.features)} features, model "
+                f"{model_id!r} expects {expected}",
+            )
+        if isinstance(engine, LogisticUnlearner):
+            classes = engine.classes_.tolist()
+            if isinstance(ev.label, str) != isinstance(classes[0], str) or ev.label not in classes:
+                return (
+                    "unknown_class",
+                    f"record {ev.record_id!r} has label {ev.label!r}, not one of model "
+                    f"{model_id!r}'s classes {classes}: refit the model to add a class",
+                )
+        elif isinstance(ev.label, str):
+            return (
+                "schema",
+                f"record {ev.record_id!r} has label {ev.label!r}: model {model_id!r} is a "
+                "ridge regressor and needs a number",
+            )
+        return None
+
+    def _seen_events(self, model_id: str, event_ids: list[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        client: Any = self.store.client
+        scores = client.zmscore(self.store.keys.applied_events(model_id), event_ids)
+        return {e for e, s in zip(event_ids, scores, strict=True) if s is not None}
+
+    def _close_unchanged(self, model_id: str, loaded: _Loaded, plan: _Plan) -> Outcome:
+        """Requests that remove nothing: final receipts on the current version."""
+        out = Outcome(model_id, rejected=plan.rejected, skipped=plan.skipped)
+        for request_id in plan.requests:
+            out.receipts.append(
+                self.store.receipts.close(
+                    request_id,
+                    model_id,
+                    ReceiptStatus.ALREADY_ABSENT,
+                    version=loaded.version,
+                    method="none",
+                    certificate=float(loaded.engine.certificate_),
+                    budget=float(loaded.engine.budget_),
+                )
+            )
+        return out
+
+    def _publish_batch(
+        self, model_id: str, loaded: _Loaded, plan: _Plan, reports: list[UpdateReport]
+    ) -> tuple[PublishResult, ModelHealth]:
+        engine = loaded.engine
+        deleted = sum(1 for rid in plan.removed if rid not in plan.added)
+        deleted += len(plan.erased_pending)
+        extra = dict(loaded.extra)
+        extra["deleted_since_fit"] = int(extra.get("deleted_since_fit", 0)) + deleted
+        holdout = loaded.holdout
+        new_holdout = holdout.without_subjects(plan.subjects) if holdout is not None else None
+        if new_holdout is not None:
+            holdout = new_holdout
+        metrics = holdout_score(engine, holdout)
+        method = reports[0].method if reports else "none"
+        new_seq = loaded.seq + len(plan.events) + len(plan.requests)
+        pub = self.store.models.publication(model_id, loaded.version)
+        pub.set_model(
+            engine_spec(engine, method=method, seq=new_seq, holdout_metrics=metrics, extra=extra)
+        )
+        pub.add_records(plan.added.values()).erase_records(plan.removed)
+        for request_id, n in plan.requests.items():
+            status = ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT
+            pub.receipt(request_id, status, n_records=n)
+        pub.mark_events(plan.events).applied_seq(new_seq)
+        pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
+        if new_holdout is not None:
+            pub.replace_holdout(new_holdout.fields())
+        result = pub.commit()
+        loaded.holdout = holdout
+        health = ModelHealth(
+            retrain_recommended=any(r.retrain_recommended for r in reports),
+            score=next(iter(metrics.values()), None),
+            baseline=FitBaseline.from_dict(extra.get("last_fit")),
+            deleted_since_fit=int(extra["deleted_since_fit"]),
+        )
+        return result, health
+
+    def _notice(self, result: PublishResult) -> ModelPublished:
+        meta = result.metadata
+        return ModelPublished(
+            event_id=f"pub:{meta.model_id}:{meta.version}",
+            model_id=meta.model_id,
+            version=meta.version,
+            parent=meta.parent,
+            method=meta.method,
+            n_records=meta.n_records,
+            seq=meta.seq,
+            certificate=meta.certificate,
+            budget=meta.budget,
+            holdout_metrics=dict(meta.holdout_metrics),
+            ts=meta.created_at,
+        )
+
+    def _trigger(self, model_id: str, reason: RetrainReason, seq: int) -> RetrainRequested | None:
+        last = self._triggered.get(model_id)
+        if last is not None and time.monotonic() - last < self.retrigger_after:
+            return None
+        self._triggered[model_id] = time.monotonic()
+        log.info("model %r: retrain triggered (%s) at seq %d", model_id, reason, seq)
+        return RetrainRequested(
+            event_id=uuid.uuid4().hex,
+            model_id=model_id,
+            reason=reason,
+            snapshot_seq=seq,
+            ts=_now(),
+        )
+
+    def request_retrain(self, model_id: str, reason: RetrainReason) -> RetrainRequested:
+        """A ``RetrainRequested`` for a scheduled or operator retrain of ``model_id``."""
+        seq = self.store.models.applied_seq(model_id) or 0
+        return RetrainRequested(
+            event_id=uuid.uuid4().hex,
+            model_id=model_id,
+            reason=reason,
+            snapshot_seq=seq,
+            ts=_now(),
+        )
+
+    # ---- loading -----------------------------------------------------------------------
+    def _load(self, model_id: str) -> _Loaded:
+        current = self.store.models.current_version(model_id)
+        if current == 0:
+            raise UnknownModel(model_id)
+        cached = self._models.get(model_id)
+        if cached is not None and cached.version == current:
+            return cached
+        snapshot = self.retraining.snapshot(model_id)
+        meta = self.store.models.metadata(model_id, snapshot.version)
+        engine = engine_from_state(snapshot.state, snapshot.records, meta.n_features)
+        loaded = _Loaded(
+            engine=engine,
+            version=snapshot.version,
+            seq=meta.seq,
+            held={r.record_id for r in snapshot.records},
+            extra=dict(meta.extra),
+            holdout=load_holdout(self.store, model_id),
+        )
+        self._models[model_id] = loaded
+        log.info(
+            "loaded model %r v%d (%d records, seq %d)",
+            model_id,
+            loaded.version,
+            len(loaded.held),
+            loaded.seq,
+        )
+        return loaded
+
+    def loaded_version(self, model_id: str) -> int | None:
+        """The version this applier holds in memory for ``model_id`` (None: not loaded)."""
+        cached = self._models.get(model_id)
+        return None if cached is None else cached.version
+
+    # ---- merging a retrain --------------------------------------------------------------
+    def poll_retrains(self) -> list[Outcome]:
+        """Merge every refit the retrainer handed back; see :meth:`merge_retrain`."""
+        waiting = self.retraining.pending_results(self.store.models.models())
+        return [out for out in (self.merge_retrain(m) for m in waiting) if out is not None]
+
+    def merge_retrain(self, model_id: str) -> Outcome | None:
+        """Bring a handed-back refit up to date and publish it (method ``"retrain"``).
+
+        Returns ``None`` when nothing is waiting. If this worker cannot prove it kept
+        every record erased since the snapshot (it restarted meanwhile), the result is
+        discarded and a new ``RetrainRequested`` returned instead.
+        """
+        result = self.retraining.take_result(model_id)
+        if result is None:
+            return None
+        loaded = self._load(model_id)
+        if loaded.retain_from is None:
+            loaded.retain_from = loaded.seq
+        S = result.snapshot_seq
+        if S < loaded.retain_from:
+            log.warning(
+                "model %r: refit at seq %d predates what this worker kept (seq %d); "
+                "discarding it and asking again",
+                model_id,
+                S,
+                loaded.retain_from,
+            )
+            self.retraining.release(model_id, forget_rate_limit=True)
+            loaded.retained.clear()
+            loaded.retain_from = None
+            reason: Any = result.reason
+            return Outcome(model_id, retrain=self.request_retrain(model_id, reason))
+
+        # the snapshot's records: erased after S -> the features kept in memory; else Redis
+        snapshot_ids = [str(i) for i in _json_ids(result.state)]
+        kept: dict[str, tuple[np.ndarray, Any]] = {}
+        for tag, rid, x, label in loaded.retained:
+            if tag > S and rid not in kept:
+                kept[rid] = (x, label)
+        from_store = [rid for rid in snapshot_ids if rid not in kept]
+        stored = self.store.records.get_many(model_id, from_store)
+        missing = [rid for rid, rec in zip(from_store, stored, strict=True) if rec is None]
+        if missing:
+            msg = (
+                f"model {model_id!r}: {len(missing)} records of the refit's snapshot are "
+                f"neither held nor kept (first {missing[0]!r}); cannot merge"
+            )
+            raise PipelineError(msg)
+        by_id = {rec.record_id: rec for rec in stored if rec is not None}
+        records = [
+            by_id[rid] if rid in by_id else StoredRecord(rid, "", kept[rid][0], kept[rid][1])
+            for rid in snapshot_ids
+        ]
+        engine = engine_from_state(result.state, records, loaded.engine.n_features_in_)
+        forget = [rid for rid in snapshot_ids if rid in kept]
+        if forget:
+            engine.forget(forget)
+        still = set(snapshot_ids) - set(forget)
+        learn_ids = sorted(rid for rid in loaded.held if rid not in still)
+        if learn_ids:
+            new = [r for r in self.store.records.get_many(model_id, learn_ids) if r is not None]
+            engine.learn(
+                np.stack([r.features for r in new]),
+                np.array([r.label for r in new]),
+                ids=[r.record_id for r in new],
+            )
+        metrics = holdout_score(engine, loaded.holdout)
+        extra = dict(loaded.extra)
+        extra.update(
+            last_fit={
+                "version": loaded.version + 1,
+                "score": next(iter(metrics.values()), None),
+                "n_records": len(snapshot_ids),
+            },
+            deleted_since_fit=len(forget),
+            retrain={"reason": result.reason, "snapshot_seq": S, "duration_s": result.duration_s},
+        )
+        pub: Publication = self.store.models.publication(model_id, loaded.version)
+        pub.set_model(
+            engine_spec(
+                engine, method="retrain", seq=loaded.seq, holdout_metrics=metrics, extra=extra
+            )
+        )
+        pub.applied_seq(loaded.seq).checkpoint(engine.state_dict()).retain(self.keep_versions)
+        published = pub.retrain_done().commit()
+        loaded.engine, loaded.version, loaded.extra = engine, published.version, extra
+        loaded.retained.clear()
+        loaded.retain_from = None
+        log.info(
+            "model %r: merged the refit of seq %d as v%d (%d forgotten, %d learned since)",
+            model_id,
+            S,
+            published.version,
+            len(forget),
+            len(learn_ids),
+        )
+        completed = RetrainCompleted(
+            event_id=f"retrained:{model_id}:{published.version}",
+            model_id=model_id,
+            version=published.version,
+            snapshot_seq=S,
+            applied_seq=loaded.seq,
+            duration_s=result.duration_s,
+            ts=_now(),
+        )
+        return Outcome(model_id, published=self._notice(published), completed=completed)
+
+
+def _json_ids(state: dict[str, Any]) -> list[Any]:
+    import json
+
+    return list(json.loads(str(state["record_ids_json"])))

@@ -1,0 +1,123 @@
+"""The edge of the workers: raw Kafka messages in, validated events or dead letters out.
+
+Every message a worker consumes goes through :func:`decode_message`. It never raises for
+bad input: an event that cannot be processed becomes a :class:`Rejected` with a short
+reason code (a metric label) and a message naming the problem, and
+:func:`dead_letter` turns that into the ``DeadLetter`` event for ``unlearn.dead-letter``,
+carrying the original bytes and where they came from (topic, partition, offset).
+
+Reason codes: ``oversized``, ``malformed_json``, ``non_finite``, ``schema``,
+``wrong_type``, ``feature_count``, ``unknown_model``, ``unknown_class``, ``invalid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from pipeline.errors import SchemaError
+from pipeline.events import DeadLetter, Event, decode_event
+
+__all__ = ["REASONS", "Message", "Rejected", "dead_letter", "decode_message"]
+
+REASONS = (
+    "oversized",
+    "malformed_json",
+    "non_finite",
+    "schema",
+    "wrong_type",
+    "feature_count",
+    "unknown_model",
+    "unknown_class",
+    "invalid",
+)
+_KEPT_BYTES = 65_536
+"""Of an oversized message, only this many bytes go to the dead-letter topic."""
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A consumed message: where it came from and its raw bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def where(self) -> str:
+        """``topic[partition] offset=N``, for log lines."""
+        return f"{self.topic}[{self.partition}] offset={self.offset}"
+
+
+@dataclass(frozen=True)
+class Rejected(Generic[E]):
+    """A message that will not be processed, and why."""
+
+    message: Message
+    reason: str
+    error: str
+
+
+def _reason(exc: SchemaError) -> str:
+    if exc.field == "<event>" and exc.reason.startswith("not valid UTF-8 JSON"):
+        return "malformed_json"
+    if exc.field == "type":
+        return "wrong_type"
+    if "finite" in exc.reason:
+        return "non_finite"
+    return "schema"
+
+
+def decode_message(
+    message: Message, expected: type[E], *, max_bytes: int
+) -> E | Rejected[E] | None:
+    """Validate one message as an ``expected`` event.
+
+    Returns
+    -------
+    Event, Rejected or None
+        The event; a :class:`Rejected` with its reason; ``None`` for a tombstone (a
+        ``null`` value, which the pipeline itself writes after an erasure).
+    """
+    value = message.value
+    if value is None:
+        return None
+    if len(value) > max_bytes:
+        error = (
+            f"message of {len(value)} bytes is larger than the limit of {max_bytes} "
+            "(UNLEARN_MAX_EVENT_BYTES): split it into several events"
+        )
+        return Rejected(message, "oversized", error)
+    try:
+        return decode_event(value, expected)
+    except SchemaError as exc:
+        return Rejected(message, _reason(exc), str(exc))
+
+
+def dead_letter(rejected: Rejected[E] | Rejected[Event]) -> DeadLetter:
+    """The ``DeadLetter`` event for a rejected message (its id is stable across replays)."""
+    msg = rejected.message
+    value = msg.value
+    error = rejected.error
+    if value is not None and len(value) > _KEPT_BYTES:
+        value = value[:_KEPT_BYTES]
+        error = f"{error} (first {_KEPT_BYTES} bytes kept)"
+    origin = f"{msg.topic}:{msg.partition}:{msg.offset}"
+    return DeadLetter(
+        event_id="dl:" + hashlib.sha256(origin.encode()).hexdigest()[:32],
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key_b64=None if msg.key is None else base64.b64encode(msg.key).decode(),
+        value_b64=None if value is None else base64.b64encode(value).decode(),
+        error=error[:2000],
+        reason=rejected.reason,
+        ts=datetime.now(UTC),
+    )

@@ -1,0 +1,158 @@
+"""When to fall back from incremental updates to a full retrain (DESIGN section 5).
+
+Any of these triggers a retrain of one model, each with its reason (the ``reason`` of
+``RetrainRequested``):
+
+``budget``
+    The engine says the certified budget is spent, or the next batch like the last
+    would spend it (``UpdateReport.retrain_recommended``).
+``accuracy``
+    Holdout accuracy (R^2 for ridge) fell by more than ``accuracy_drop`` since the last
+    full fit: the incremental updates have drifted from what a retrain would give.
+``deleted_fraction``
+    More than ``deleted_fraction`` of the records the last full fit saw were deleted
+    since; the approximation error of the updates grows with the removed mass.
+``schedule``
+    A cron expression (:class:`Schedule`) fired.
+``operator``
+    Someone asked for it (``unlearn retrain MODEL``).
+
+The policy only decides; coalescing (one retrain in flight per model absorbs further
+triggers) and rate limiting are in :mod:`pipeline.retraining`, where the retrainer starts
+a fit. Every decision is logged with its reason and counted by the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from croniter import croniter
+
+from pipeline.errors import ConfigError
+
+__all__ = ["FitBaseline", "ModelHealth", "RetrainPolicy", "RetrainReason", "Schedule"]
+
+RetrainReason = Literal["budget", "accuracy", "deleted_fraction", "schedule", "operator"]
+
+
+@dataclass(frozen=True)
+class FitBaseline:
+    """What the last full fit of a model looked like (kept in each version's metadata).
+
+    Attributes
+    ----------
+    version : int
+        The version that fit produced.
+    score : float or None
+        Its holdout accuracy (R^2 for ridge); ``None`` without a holdout set.
+    n_records : int
+        Records it was fitted on.
+    """
+
+    version: int
+    score: float | None
+    n_records: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"version": self.version, "score": self.score, "n_records": self.n_records}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float | int | None] | None) -> FitBaseline | None:
+        if not data:
+            return None
+        score = data.get("score")
+        return cls(
+            version=int(data.get("version") or 1),
+            score=None if score is None else float(score),
+            n_records=int(data.get("n_records") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """A model's state after an update, as the policy sees it.
+
+    Attributes
+    ----------
+    retrain_recommended : bool
+        From the engine's ``UpdateReport``.
+    score : float or None
+        Holdout accuracy (R^2 for ridge) of the new version.
+    baseline : FitBaseline or None
+        The last full fit.
+    deleted_since_fit : int
+        Records deleted since that fit.
+    """
+
+    retrain_recommended: bool
+    score: float | None
+    baseline: FitBaseline | None
+    deleted_since_fit: int
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """Thresholds of the automatic triggers.
+
+    Parameters
+    ----------
+    accuracy_drop : float
+        Retrain when the holdout score is more than this below the last full fit's.
+    deleted_fraction : float
+        Retrain when more than this fraction of the last fit's records was deleted.
+    """
+
+    accuracy_drop: float = 0.02
+    deleted_fraction: float = 0.1
+
+    def decide(self, health: ModelHealth) -> RetrainReason | None:
+        """The first trigger that fires (budget, accuracy, deleted fraction), or ``None``."""
+        if health.retrain_recommended:
+            return "budget"
+        base = health.baseline
+        if base is None:
+            return None
+        if (
+            base.score is not None
+            and health.score is not None
+            and base.score - health.score > self.accuracy_drop
+        ):
+            return "accuracy"
+        if base.n_records > 0 and health.deleted_since_fit > self.deleted_fraction * base.n_records:
+            return "deleted_fraction"
+        return None
+
+
+class Schedule:
+    """A cron expression (five fields, as crontab) for scheduled retrains.
+
+    Parameters
+    ----------
+    expression : str
+        E.g. ``"0 3 * * *"`` (03:00 every day).
+
+    Raises
+    ------
+    ConfigError
+        The expression is not valid cron.
+    """
+
+    def __init__(self, expression: str) -> None:
+        if not croniter.is_valid(expression):
+            msg = (
+                f"UNLEARN_RETRAIN_CRON={expression!r} is not a cron expression: use five "
+                "fields, e.g. '0 3 * * *' for 03:00 every day"
+            )
+            raise ConfigError(msg)
+        self.expression = expression
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first firing time strictly after ``moment`` (same time zone)."""
+        nxt: datetime = croniter(self.expression, moment).get_next(datetime)
+        return nxt
+
+    def due(self, last: datetime, now: datetime) -> bool:
+        """True if the schedule fired in ``(last, now]``."""
+        return self.next_after(last) <= now

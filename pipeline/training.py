@@ -1,0 +1,328 @@
+"""A model's first version: load a table of records, fit, publish version 1 with its state.
+
+``unlearn train MODEL --data FILE`` calls :func:`load_table` and :func:`train_model`:
+
+* the file is a CSV with a header row, or an ``.npz`` holding ``X`` and ``y`` (and
+  optionally ``subjects`` and ``ids``);
+* a ``holdout`` fraction of the rows (seeded) is kept apart, never trained on, and stored
+  with the model: the retrain policy watches the accuracy on it;
+* the training rows go to the record store and version 1 (method ``"fit"``), its engine
+  checkpoint and the holdout are written in ONE transaction, so a worker never sees a
+  model without its records.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import InvalidInput, PipelineError
+from pipeline.store.codec import decode_state, encode_state
+from pipeline.store.facade import Store
+from pipeline.store.keys import subject_token
+from pipeline.store.publication import PublishResult
+from pipeline.store.records import StoredRecord
+from pipeline.store.versions import ModelSpec
+from pipeline.unlearning import LogisticUnlearner, RidgeUnlearner
+
+__all__ = [
+    "Engine",
+    "Holdout",
+    "Table",
+    "build_engine",
+    "engine_kind",
+    "engine_spec",
+    "holdout_score",
+    "load_holdout",
+    "load_table",
+    "train_model",
+]
+
+Engine = LogisticUnlearner | RidgeUnlearner
+Kind = Literal["logistic", "ridge"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows to train on: features, labels, subject and record ids (strings)."""
+
+    X: NDArray[np.float64]
+    y: NDArray[Any]
+    subjects: list[str]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A model's holdout set: features, labels and the subject token of each row."""
+
+    X: NDArray[np.float64]
+    y: NDArray[Any]
+    tokens: list[str]
+
+    def without_subjects(self, subject_ids: set[str]) -> Holdout | None:
+        """The holdout minus the rows of these subjects; ``None`` if none of them is in it."""
+        gone = {subject_token(s) for s in subject_ids}
+        keep = [i for i, t in enumerate(self.tokens) if t not in gone]
+        if len(keep) == len(self.tokens):
+            return None
+        return Holdout(self.X[keep], self.y[keep], [self.tokens[i] for i in keep])
+
+    def fields(self) -> dict[str, bytes]:
+        """Redis hash fields (the checkpoint encoding: raw arrays and a manifest)."""
+        y = self.y.astype(np.float64) if self.y.dtype.kind == "f" else self.y.astype(np.int64)
+        state = {"X": self.X, "y": y, "tokens_json": json.dumps(self.tokens)}
+        return encode_state(state)
+
+
+def _label_array(values: list[str]) -> NDArray[Any]:
+    """Labels from text: integers if they all are, else floats, else strings."""
+    for kind in (int, float):
+        try:
+            return np.array([kind(v) for v in values])
+        except ValueError:
+            continue
+    return np.array(values)
+
+
+def load_table(
+    path: str | Path,
+    *,
+    label_column: str = "label",
+    subject_column: str | None = None,
+    id_column: str | None = None,
+) -> Table:
+    """Read training rows from a CSV (header row) or an ``.npz`` file.
+
+    Parameters
+    ----------
+    path : path
+        ``.csv``: one column per feature plus the label (and subject, id) columns.
+        ``.npz``: arrays ``X`` (n, d) and ``y`` (n,), optional ``subjects`` and ``ids``.
+    label_column, subject_column, id_column : str
+        Column names in a CSV (``subject_column`` also names an array in an ``.npz``).
+        Without subjects every record is its own subject; ids default to ``r0, r1, ...``.
+
+    Raises
+    ------
+    InvalidInput
+        The file is missing, of another type, or its columns are not as described.
+    """
+    file = Path(path)
+    if not file.is_file():
+        msg = f"data file {str(file)!r} does not exist"
+        raise InvalidInput(msg)
+    subjects: list[str] | None = None
+    ids: list[str] | None = None
+    if file.suffix == ".npz":
+        with np.load(file, allow_pickle=False) as data:
+            if "X" not in data.files or "y" not in data.files:
+                msg = f"{file} must hold arrays 'X' and 'y' (it has {sorted(data.files)})"
+                raise InvalidInput(msg)
+            X = np.asarray(data["X"], dtype=np.float64)
+            y = np.asarray(data["y"])
+            name = subject_column or "subjects"
+            if name in data.files:
+                subjects = [str(s) for s in data[name]]
+            elif subject_column:
+                msg = f"{file} has no array {subject_column!r} (it has {sorted(data.files)})"
+                raise InvalidInput(msg)
+            if "ids" in data.files:
+                ids = [str(i) for i in data["ids"]]
+    elif file.suffix == ".csv":
+        X, y, subjects, ids = _read_csv(file, label_column, subject_column, id_column)
+    else:
+        msg = f"data file {file.name!r}: use a .csv (with a header row) or an .npz file"
+        raise InvalidInput(msg)
+    if X.ndim != 2 or y.ndim != 1 or len(y) != len(X) or len(X) == 0:
+        msg = f"{file}: need X of shape (n, d) and y of shape (n,), got {X.shape} and {y.shape}"
+        raise InvalidInput(msg)
+    if not np.isfinite(X).all():
+        row = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        msg = f"{file}: row {row} has NaN or infinite features; clean the file first"
+        raise InvalidInput(msg)
+    ids = ids or [f"r{i}" for i in range(len(y))]
+    if len(set(ids)) != len(ids):
+        msg = f"{file}: record ids are not unique"
+        raise InvalidInput(msg)
+    return Table(X=X, y=y, subjects=subjects or list(ids), ids=ids)
+
+
+def _read_csv(
+    file: Path, label_column: str, subject_column: str | None, id_column: str | None
+) -> tuple[NDArray[np.float64], NDArray[Any], list[str] | None, list[str] | None]:
+    with open(file, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        msg = f"{file}: need a header row and at least one data row"
+        raise InvalidInput(msg)
+    header = [h.strip() for h in rows[0]]
+    for name in (label_column, subject_column, id_column):
+        if name is not None and name not in header:
+            shown = ", ".join(header[:6]) + (
+                f", ... ({len(header)} columns)" if len(header) > 6 else ""
+            )
+            msg = f"{file}: no column {name!r} in the header ({shown})"
+            raise InvalidInput(msg)
+    special = {label_column, subject_column, id_column} - {None}
+    feature_cols = [i for i, h in enumerate(header) if h not in special]
+    body = rows[1:]
+    try:
+        X = np.array([[float(r[i]) for i in feature_cols] for r in body], dtype=np.float64)
+    except (ValueError, IndexError) as exc:
+        msg = f"{file}: feature columns must be numbers on every row ({exc})"
+        raise InvalidInput(msg) from None
+    y = _label_array([r[header.index(label_column)] for r in body])
+    subjects = None if subject_column is None else [r[header.index(subject_column)] for r in body]
+    ids = None if id_column is None else [r[header.index(id_column)] for r in body]
+    return X, y, subjects, ids
+
+
+def build_engine(kind: Kind, **params: Any) -> Engine:
+    """A fresh unlearner of ``kind`` with the given hyperparameters."""
+    if kind == "logistic":
+        return LogisticUnlearner(**params)
+    if kind == "ridge":
+        return RidgeUnlearner(**params)
+    msg = f"model kind {kind!r} is not one of 'logistic', 'ridge'"
+    raise InvalidInput(msg)
+
+
+def engine_kind(engine: Engine) -> Kind:
+    return "logistic" if isinstance(engine, LogisticUnlearner) else "ridge"
+
+
+def holdout_score(engine: Engine, holdout: Holdout | None) -> dict[str, float]:
+    """Holdout metrics of the engine: ``accuracy`` (logistic) or ``r2`` (ridge)."""
+    if holdout is None or len(holdout.tokens) == 0:
+        return {}
+    name = "accuracy" if engine_kind(engine) == "logistic" else "r2"
+    return {name: float(engine.score(holdout.X, holdout.y))}
+
+
+def load_holdout(store: Store, model_id: str) -> Holdout | None:
+    """The model's holdout set, or ``None`` if it has none."""
+    fields: Any = store.client.hgetall(store.keys.holdout(model_id))
+    if not fields:
+        return None
+    state = decode_state(fields)
+    X = np.asarray(state["X"], dtype=np.float64)
+    return Holdout(X, np.asarray(state["y"]), json.loads(str(state["tokens_json"])))
+
+
+def engine_spec(
+    engine: Engine,
+    *,
+    method: str,
+    seq: int,
+    holdout_metrics: dict[str, float],
+    extra: dict[str, Any],
+) -> ModelSpec:
+    """The registry's view of the engine's current coefficients."""
+    kind = engine_kind(engine)
+    classes = engine.classes_.tolist() if isinstance(engine, LogisticUnlearner) else None
+    intercept = np.asarray(engine.intercept_, dtype=np.float64)
+    coef = np.asarray(engine.coef_, dtype=np.float64)
+    if coef.ndim == 1:
+        intercept = intercept.reshape(-1)[:1].reshape(())
+    budget = float(engine.budget_)
+    return ModelSpec(
+        kind=kind,
+        coef=coef,
+        intercept=intercept,
+        method=method,
+        seq=seq,
+        classes=classes,
+        certificate=float(engine.certificate_),
+        budget=budget,
+        n_records=engine.n_records_,
+        holdout_metrics=holdout_metrics,
+        extra=extra,
+    )
+
+
+def train_model(
+    store: Store,
+    model_id: str,
+    table: Table,
+    *,
+    kind: Kind = "logistic",
+    holdout: float = 0.2,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+) -> tuple[Engine, PublishResult]:
+    """Fit a new model on ``table`` and publish it as version 1.
+
+    Parameters
+    ----------
+    store : Store
+    model_id : str
+        Must not exist yet.
+    table : Table
+    kind : {"logistic", "ridge"}
+    holdout : float
+        Fraction of rows kept apart for the retrain policy's accuracy check (0: none).
+    seed : int
+        Seed of the holdout split.
+    params : dict, optional
+        Hyperparameters of the engine (``lam``, ``sigma``, ``fit_intercept``, ...).
+
+    Raises
+    ------
+    PipelineError
+        The model exists already, or the data or parameters are invalid.
+    """
+    if store.models.current_version(model_id):
+        msg = (
+            f"model {model_id!r} exists already (version "
+            f"{store.models.current_version(model_id)}): train under a new id, or ask for a "
+            f"full refit with `unlearn retrain {model_id}`"
+        )
+        raise PipelineError(msg)
+    if not 0 <= holdout < 1:
+        msg = f"holdout fraction must be in [0, 1), got {holdout}"
+        raise InvalidInput(msg)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(table))
+    n_hold = int(round(holdout * len(table)))
+    hold, train = np.sort(order[:n_hold]), np.sort(order[n_hold:])
+    engine = build_engine(kind, **(params or {}))
+    ids = [table.ids[i] for i in train]
+    engine.fit(table.X[train], table.y[train], ids=ids)
+    held_out = (
+        Holdout(table.X[hold], table.y[hold], [subject_token(table.subjects[i]) for i in hold])
+        if n_hold
+        else None
+    )
+    metrics = holdout_score(engine, held_out)
+    baseline = {"version": 1, "score": next(iter(metrics.values()), None), "n_records": len(ids)}
+    spec = engine_spec(
+        engine,
+        method="fit",
+        seq=0,
+        holdout_metrics=metrics,
+        extra={"last_fit": baseline, "deleted_since_fit": 0},
+    )
+    records = [
+        StoredRecord(
+            record_id=table.ids[i],
+            subject_id=table.subjects[i],
+            features=table.X[i],
+            label=table.y[i].item(),
+        )
+        for i in train
+    ]
+    pub = store.models.publication(model_id, 0).set_model(spec).add_records(records)
+    pub.applied_seq(0).checkpoint(engine.state_dict())
+    if held_out is not None:
+        pub.replace_holdout(held_out.fields())
+    return engine, pub.commit()

@@ -1,0 +1,202 @@
+"""The worker's logic (pipeline.applier) against the real redis-server, without a broker.
+
+Events are built as the agents build them; what is checked is what Redis holds after each
+batch and what the worker would publish.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from pipeline import LogisticUnlearner
+from pipeline.applier import Applier, Forget, Learn
+from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
+from pipeline.intake import Message
+from pipeline.retraining import HandBack, Retraining, refit
+from pipeline.store import Store
+from pipeline.training import Table, train_model
+
+PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
+
+
+@pytest.fixture(scope="module")
+def digits_table() -> Table:
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600]
+    ids = [f"r{i}" for i in range(len(y))]
+    return Table(X=X, y=y, subjects=[f"s{i % 100}" for i in range(len(y))], ids=ids)
+
+
+@pytest.fixture
+def model(store: Store, digits_table: Table) -> str:
+    train_model(store, "digits", digits_table, params=PARAMS, holdout=0.2, seed=1)
+    return "digits"
+
+
+def forget(request_id: str, **fields) -> Forget:
+    return Forget(DeletionRequested(request_id=request_id, **fields))
+
+
+def learn(event_id: str, record_id: str, subject: str, x, label, model="digits") -> Learn:
+    ev = RecordAdded(
+        event_id=event_id,
+        model_id=model,
+        record_id=record_id,
+        subject_id=subject,
+        features=[float(v) for v in x],
+        label=label,
+    )
+    return Learn(ev, Message("records", 0, 0, record_id.encode(), b"{}"))
+
+
+def held_ids(store: Store, model_id: str) -> set[str]:
+    return store.records.ids(model_id)
+
+
+def refit_on(store: Store, model_id: str) -> LogisticUnlearner:
+    recs = list(store.records.scan(model_id))
+    return LogisticUnlearner(**PARAMS).fit(
+        np.stack([r.features for r in recs]),
+        np.array([r.label for r in recs]),
+        ids=[r.record_id for r in recs],
+    )
+
+
+def test_deleting_a_subject_erases_it_with_one_receipt(store: Store, model: str) -> None:
+    applier = Applier(store)
+    subject_ids = store.records.subject_record_ids(model, "s7")
+    assert subject_ids
+    by_model, routed = applier.route([forget("req-1", subject_id="s7")])
+    assert list(by_model) == [model] and not routed.receipts
+    out = applier.apply(model, by_model[model])
+
+    assert out.published is not None and out.published.version == 2
+    [receipt] = out.receipts
+    assert receipt.status is ReceiptStatus.APPLIED and receipt.version == 2
+    assert receipt.n_records == len(subject_ids)
+    assert sorted(out.tombstones) == sorted(subject_ids)
+    assert not (held_ids(store, model) & subject_ids)
+    assert all(store.records.get(model, rid) is None for rid in subject_ids)
+    assert store.records.models_for_subject("s7") == set()
+
+    # agrees with an exact refit on what is left (tolerance: 1e-3 relative)
+    exact = refit_on(store, model)
+    published = store.models.get(model)
+    rel = np.linalg.norm(published.coef - exact.coef_) / np.linalg.norm(exact.coef_)
+    assert rel < 1e-3
+
+    # a replay changes nothing and writes no second receipt
+    again = applier.apply(model, by_model[model])
+    assert again.published is None and again.receipts == [] and again.skipped == 1
+    assert store.models.current_version(model) == 2
+    # a restarted worker (a new applier) replays the same way
+    fresh = Applier(store).apply(model, by_model[model])
+    assert fresh.published is None and fresh.receipts == []
+
+
+def test_unknown_subject_gets_already_absent_receipts(store: Store, model: str) -> None:
+    applier = Applier(store)
+    by_model, routed = applier.route([forget("req-x", subject_id="nobody")])
+    assert by_model == {}
+    [receipt] = routed.receipts
+    assert receipt.status is ReceiptStatus.ALREADY_ABSENT and receipt.version == 1
+    _, again = applier.route([forget("req-x", subject_id="nobody")])
+    assert again.receipts == []
+
+    by_model, routed = applier.route([forget("req-y", subject_id="s1", model_ids=["nope"])])
+    assert by_model == {} and routed.receipts[0].status is ReceiptStatus.REJECTED
+    assert routed.rejected == []  # no message attached: nothing to dead-letter
+
+
+def test_records_are_learned_replaced_and_replays_skipped(store: Store, model: str) -> None:
+    applier = Applier(store)
+    x = np.linspace(0, 1, 64)
+    ops = [
+        learn("e1", "new-1", "alice", x, 3),
+        learn("e2", "r0", "s0", x[::-1], 4),  # replaces r0 (a training record)
+        learn("e3", "new-2", "bob", x, 5),
+    ]
+    out = applier.apply(model, ops)
+    assert out.published is not None and out.published.version == 2
+    held = held_ids(store, model)
+    assert {"new-1", "new-2", "r0"} <= held
+    r0 = store.records.get(model, "r0")
+    assert r0 is not None and r0.label == 4 and np.allclose(r0.features, x[::-1])
+    assert out.tombstones == []  # a replacement keeps its key: no tombstone
+    n = out.published.n_records
+
+    again = applier.apply(model, ops)
+    assert again.published is None and again.skipped == 3
+    assert store.models.metadata(model).n_records == n
+
+    # learned and deleted in the same batch: never stored, tombstoned, counted
+    batch = [learn("e4", "new-3", "carol", x, 1), forget("req-c", subject_id="carol")]
+    out = applier.apply(model, batch)
+    assert "new-3" not in held_ids(store, model) and out.tombstones == ["new-3"]
+    assert out.receipts[0].n_records == 1 and out.receipts[0].status is ReceiptStatus.APPLIED
+    # and its replay does not bring the record back
+    applier.apply(model, [learn("e4", "new-3", "carol", x, 1)])
+    assert "new-3" not in held_ids(store, model)
+
+
+def test_bad_records_are_rejected_with_reasons(store: Store, model: str) -> None:
+    applier = Applier(store)
+    out = applier.apply(
+        model,
+        [
+            learn("b1", "bad-1", "z", np.zeros(10), 1),
+            learn("b2", "bad-2", "z", np.zeros(64), 42),
+            learn("b3", "good", "z", np.zeros(64), 2),
+        ],
+    )
+    assert [r.reason for r in out.rejected] == ["feature_count", "unknown_class"]
+    assert "expects 64" in out.rejected[0].error
+    assert "good" in held_ids(store, model)
+    unknown = applier.apply(
+        "missing-model", [learn("b4", "x", "z", np.zeros(64), 1, "missing-model")]
+    )
+    assert [r.reason for r in unknown.rejected] == ["unknown_model"]
+
+
+def test_retrain_merge_forgets_what_was_deleted_after_the_snapshot(
+    store: Store, model: str
+) -> None:
+    applier = Applier(store)
+    retraining = Retraining(store, min_interval=0)
+    assert retraining.try_start(model, "operator", "rq-1") is None
+    assert retraining.try_start(model, "budget", "rq-2") == "in_flight"  # coalesced
+
+    snap = retraining.snapshot(model)
+    # deletions and additions arrive while the retrainer fits
+    applier.apply(model, [forget("d1", subject_id="s3"), forget("d2", record_ids=["r10"])])
+    x = np.full(64, 0.25)
+    applier.apply(model, [learn("n1", "late-1", "dave", x, 6), forget("d3", subject_id="s4")])
+    gone = {"r10"} | {f"r{i}" for i in range(600) if i % 100 in (3, 4)}
+
+    from pipeline.retraining import engine_from_state
+
+    engine = engine_from_state(snap.state, snap.records)
+    seconds = refit(engine)
+    handed = HandBack(
+        model, snap.version, snap.seq, "operator", "rq-1", seconds, engine.state_dict()
+    )
+    assert retraining.hand_back(handed)
+    [out] = applier.poll_retrains()
+    assert out.published is not None and out.published.method == "retrain"
+    assert out.completed is not None and out.completed.snapshot_seq == snap.seq
+
+    ckpt = store.checkpoints.load(model)
+    assert ckpt is not None and ckpt.version == out.published.version
+    in_model = set(json.loads(ckpt.state["record_ids_json"]))
+    assert not (in_model & gone)
+    assert "late-1" in in_model and in_model == held_ids(store, model)
+    assert retraining.in_flight(model) is None
+
+    exact = refit_on(store, model)
+    published = store.models.get(model)
+    rel = np.linalg.norm(published.coef - exact.coef_) / np.linalg.norm(exact.coef_)
+    assert rel < 1e-3
