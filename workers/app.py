@@ -1,0 +1,395 @@
+"""The faust worker: agents that decode, call :mod:`pipeline.applier`, and publish.
+
+Agents (each batches with ``stream.take_events(max_batch, within=max_wait)``):
+
+* ``deletions`` on ``unlearn.deletions``: route each request to the models it concerns,
+  apply per model, publish ``ModelPublished``, receipts and tombstones;
+* ``records`` on ``unlearn.records``: learn new records per model (tombstones, which the
+  pipeline writes itself after an erasure, are skipped);
+* timers: merge refits handed back by the retrainer; fire the cron schedule; keep the
+  worker's status key alive.
+
+Everything heavy runs on ONE executor thread (the applier is the single writer of the
+models this process holds), so the event loop keeps heartbeating and committing during a
+large batch. Bad input goes to ``unlearn.dead-letter`` and is counted; the agent goes on.
+Offsets are committed after a batch is applied and published (at-least-once); replays are
+made harmless by the applier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+from pipeline.applier import Applier, Forget, Learn, Outcome
+from pipeline.config import Settings
+from pipeline.events import DeletionRequested, Event, RecordAdded, encode_event
+from pipeline.intake import Message, Rejected, dead_letter, decode_message
+from pipeline.metrics import Metrics, default_metrics
+from pipeline.policy import RetrainPolicy, Schedule
+from pipeline.retraining import Retraining
+from pipeline.sdk.deletions import partition_for
+from pipeline.store import Store
+from pipeline.topics import Topics
+
+__all__ = ["Runtime", "build_app"]
+
+log = logging.getLogger("unlearn.worker")
+T = TypeVar("T")
+
+FAST_TIMEOUTS = {
+    "broker_session_timeout": 6.0,
+    "broker_heartbeat_interval": 1.0,
+    "broker_rebalance_timeout": 10.0,
+    "broker_commit_interval": 0.5,
+    "broker_request_timeout": 20.0,
+}
+
+
+@dataclass
+class Runtime:
+    """What the agents share: settings, Redis state, the applier and its one thread."""
+
+    settings: Settings
+    store: Store
+    applier: Applier
+    topics: Topics
+    record_partitions: int
+    name: str
+    metrics: Metrics = field(default_factory=default_metrics)
+    metrics_port: int | None = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="unlearn-apply")
+    )
+    started: float = field(default_factory=time.time)
+    assigned: int = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the applier's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "metrics_port": self.metrics_port,
+            "assigned_partitions": self.assigned,
+            "started_at": self.started,
+            "updated_at": time.time(),
+        }
+
+    def write_status(self) -> None:
+        self.store.client.set(self.store.keys.worker(self.name), json.dumps(self.status()), ex=30)
+
+
+def _messages(events: Sequence[Any]) -> list[Message]:
+    return [
+        Message(
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+            key=e.key,
+            value=e.value,
+        )
+        for e in events
+    ]
+
+
+def _apply_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
+    by_model, routed = runtime.applier.route(ops)
+    return [routed] + [runtime.applier.apply(m, model_ops) for m, model_ops in by_model.items()]
+
+
+def _apply_records(runtime: Runtime, ops: list[Learn]) -> list[Outcome]:
+    by_model: dict[str, list[Learn]] = {}
+    for op in ops:
+        by_model.setdefault(op.event.model_id, []).append(op)
+    return [runtime.applier.apply(m, list(model_ops)) for m, model_ops in by_model.items()]
+
+
+def build_app(
+    settings: Settings, kafka_bootstrap: str, redis_url: str
+) -> tuple[faust.App, Runtime]:
+    """The worker's faust app and the runtime its agents share.
+
+    Parameters
+    ----------
+    settings : Settings
+        Batching, limits, topic prefix, key namespace, retrain policy.
+    kafka_bootstrap, redis_url : str
+        Where the services are (see :func:`pipeline.config.resolve_services`).
+    """
+    topics = Topics(settings.topic_prefix)
+    store = Store.from_settings(settings, redis_url)
+    retraining = Retraining(
+        store, timeout=settings.retrain_timeout, min_interval=settings.retrain_min_interval
+    )
+    applier = Applier(
+        store,
+        policy=RetrainPolicy(
+            accuracy_drop=settings.retrain_accuracy_drop,
+            deleted_fraction=settings.retrain_deleted_fraction,
+        ),
+        retraining=retraining,
+        keep_versions=settings.keep_versions,
+        retrigger_after=max(settings.retrain_min_interval, 1.0),
+    )
+    app_id = f"{settings.topic_prefix}unlearn-worker"
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        applier=applier,
+        topics=topics,
+        record_partitions=_partitions(kafka_bootstrap, topics.records, settings),
+        name=f"{app_id}:{os.getpid()}",
+    )
+    timeouts = FAST_TIMEOUTS if settings.broker_timeouts == "fast" else {}
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{host}" for host in kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
+        consumer_max_fetch_size=max(settings.max_event_bytes * 2, 4_194_304),
+        **timeouts,
+    )
+    configs = topics.configs()
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, partitions=settings.partitions, config=configs[name])
+
+    deletions_t = topic(topics.deletions)
+    records_t = topic(topics.records)
+    out = {
+        name: topic(name)
+        for name in (topics.model_updates, topics.receipts, topics.dead_letter, topics.retrain)
+    }
+
+    metrics = runtime.metrics
+    metrics.up.labels("worker").set(1)
+    sensor = FaustMetrics.create(metrics.registry, "faust")  # faust's own sensor, same registry
+    app.monitor = PrometheusMonitor(metrics=sensor)
+
+    async def publish(
+        outcomes: Iterable[Outcome],
+        rejected: Iterable[Rejected[Any]],
+        agent: str = "",
+        event_times: Callable[[Outcome], list[datetime]] | None = None,
+    ) -> None:
+        """Send every notice of the outcomes and the dead letters; wait for the broker."""
+        futures: list[Awaitable[Any]] = []
+
+        async def send(
+            name: str, key: str | bytes | None, value: bytes | None, partition: int | None = None
+        ) -> None:
+            k = key.encode() if isinstance(key, str) else key
+            futures.append(await out_or_records(name).send(key=k, value=value, partition=partition))
+
+        def out_or_records(name: str) -> faust.TopicT:
+            return records_t if name == topics.records else out[name]
+
+        all_rejected = list(rejected)
+        for outcome in outcomes:
+            all_rejected.extend(outcome.rejected)
+            if outcome.published is not None:
+                pub = outcome.published
+                observe_published(outcome, agent, event_times)
+                await send(topics.model_updates, pub.model_id, encode_event(pub))
+            for receipt in outcome.receipts:
+                await send(topics.receipts, receipt.request_id, encode_event(receipt))
+            if outcome.tombstones:
+                part = partition_for(outcome.model_id, range(runtime.record_partitions))
+                for record_id in outcome.tombstones:
+                    await send(topics.records, record_id, None, part)
+            for event in (outcome.retrain, outcome.completed):
+                if event is not None:
+                    await send(topics.retrain, outcome.model_id, encode_event(event))
+            if outcome.retrain is not None:
+                metrics.retrain_triggers.labels(outcome.retrain.reason, "requested").inc()
+        for rej in all_rejected:
+            msg = rej.message
+            log.warning("dead letter from %s: %s (%s)", msg.where, rej.error, rej.reason)
+            metrics.dead_lettered(msg.topic, rej.reason)
+            await send(topics.dead_letter, msg.key, encode_event(dead_letter(rej)))
+        for fut in futures:
+            await fut
+
+    def observe_published(
+        outcome: Outcome, agent: str, event_times: Callable[[Outcome], list[datetime]] | None
+    ) -> None:
+        pub = outcome.published
+        assert pub is not None
+        metrics.published(
+            pub.model_id,
+            version=pub.version,
+            certificate=pub.certificate,
+            budget=pub.budget,
+            accuracy=pub.holdout_metrics.get("accuracy"),
+            at=pub.ts,
+        )
+        for report in outcome.reports:
+            metrics.applied(report.method, report.n_removed, report.n_added)
+        if event_times is not None:
+            metrics.latencies(agent, datetime.now(UTC), event_times(outcome))
+
+    def decode(events: Sequence[Any], expected: type[Event]) -> tuple[list[Any], list[Any]]:
+        good, bad = [], []
+        for msg in _messages(events):
+            metrics.consumed(msg.topic)
+            result = decode_message(msg, expected, max_bytes=settings.max_event_bytes)
+            if isinstance(result, Rejected):
+                bad.append(result)
+            elif result is not None:
+                good.append((result, msg))
+        return good, bad
+
+    async def guarded(
+        what: str, msgs: list[Any], work: Callable[[], Awaitable[list[Outcome]]]
+    ) -> list[Outcome]:
+        """Run a batch; an unexpected error dead-letters the batch instead of stopping."""
+        try:
+            return await work()
+        except Exception as exc:  # a bug or an outage: keep the evidence, keep going
+            log.exception("applying a %s batch failed; dead-lettering it", what)
+            return [
+                Outcome(
+                    "*", rejected=[Rejected(m, "internal_error", repr(exc)[:1500]) for m in msgs]
+                )
+            ]
+
+    @app.agent(deletions_t)
+    async def deletions(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            good, bad = decode(events, DeletionRequested)
+            ops = [Forget(ev, msg) for ev, msg in good]
+            with metrics.batch("deletions", len(events)):
+                outcomes = await guarded(
+                    "deletion",
+                    [m for _, m in good],
+                    lambda ops=ops: runtime.run(_apply_deletions, runtime, ops),
+                )
+            sent = {ev.request_id: ev.ts for ev, _ in good}
+            await publish(
+                outcomes,
+                bad,
+                "deletions",
+                lambda o, sent=sent: [
+                    sent[r.request_id] for r in o.receipts if r.request_id in sent
+                ],
+            )
+
+    @app.agent(records_t)
+    async def records(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            good, bad = decode(events, RecordAdded)
+            ops = [Learn(ev, msg) for ev, msg in good]
+            with metrics.batch("records", len(events)):
+                outcomes = await guarded(
+                    "record",
+                    [m for _, m in good],
+                    lambda ops=ops: runtime.run(_apply_records, runtime, ops),
+                )
+            await publish(
+                outcomes,
+                bad,
+                "records",
+                lambda o, good=good: [ev.ts for ev, _ in good if ev.model_id == o.model_id],
+            )
+
+    @app.timer(interval=1.0)
+    async def merge_retrains() -> None:
+        try:
+            outcomes = await runtime.run(runtime.applier.poll_retrains)
+        except Exception:
+            log.exception("merging a refit failed; the result stays in Redis for a retry")
+            return
+        for outcome in outcomes:
+            metrics.retrain_triggers.labels(
+                "merge", "merged" if outcome.completed is not None else "discarded"
+            ).inc()
+        await publish(outcomes, [], "merge")
+
+    schedule = Schedule(settings.retrain_cron) if settings.retrain_cron else None
+    last_tick = [datetime.now(UTC)]
+
+    @app.timer(interval=15.0)
+    async def scheduled_retrains() -> None:
+        now = datetime.now(UTC)
+        if schedule is None or not schedule.due(last_tick[0], now):
+            last_tick[0] = now
+            return
+        last_tick[0] = now
+        requests = [runtime.applier.request_retrain(m, "schedule") for m in store.models.models()]
+        outcomes = [Outcome(r.model_id, retrain=r) for r in requests]
+        await publish(outcomes, [])
+
+    @app.timer(interval=5.0)
+    async def heartbeat() -> None:
+        await runtime.run(runtime.write_status)
+
+    @app.timer(interval=settings.metrics_interval)
+    async def refresh_metrics() -> None:
+        """Model gauges from Redis (whoever published) and consumer lag from faust."""
+        try:
+            await runtime.run(metrics.refresh_models, store)
+        except Exception:  # Redis away: the gauges keep their last values
+            log.warning("refreshing the model gauges failed", exc_info=True)
+        monitor = app.monitor
+        metrics.lag(dict(monitor.tp_end_offsets or {}), dict(monitor.tp_committed_offsets or {}))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        runtime.assigned = len(assigned)
+        await runtime.run(runtime.write_status)
+        log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
+
+    return app, runtime
+
+
+def _partitions(bootstrap: str, topic: str, settings: Settings) -> int:
+    """Partitions of ``topic`` as the broker has them (for tombstones' partitions)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **settings.kafka_config())
+    try:
+        found = consumer.partitions_for_topic(topic)
+        return len(found) if found else settings.partitions
+    finally:
+        consumer.close()
+
+
+def _credentials(settings: Settings) -> Any:
+    """faust's broker credentials from the settings (None: plaintext)."""
+    config = settings.kafka_config()
+    protocol = config.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=config.get("ssl_cafile"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=config["sasl_plain_username"],
+        password=config["sasl_plain_password"],
+        mechanism=config["sasl_mechanism"],
+        ssl_context=context if protocol == "SASL_SSL" else None,
+    )
