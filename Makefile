@@ -17,12 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev extras
 
+tools: ## Install Prometheus (promtool and the server) for the tests, if missing
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package (needed by the observability tests)"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; \
+	  command -v promtool >/dev/null || { echo "could not install prometheus: run 'apt-get install prometheus'"; exit 1; }; }
+
 lint: $(STAMP) ## ruff (lint and format check) and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline workers tests bench
 	$(VENV)/bin/ruff format --check pipeline workers tests bench
 	$(VENV)/bin/mypy pipeline
 
-test: $(STAMP) lint ## Lint, then the whole test suite (unit, integration, end-to-end)
+test: $(STAMP) tools lint ## Lint, then the whole test suite (unit, integration, end-to-end)
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP) ## Run the main job end to end on embedded services
@@ -34,4 +42,4 @@ bench: $(STAMP) ## Run the benchmarks and write BENCHMARKS.md
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install lint test demo bench clean
+.PHONY: help install tools lint test demo bench clean

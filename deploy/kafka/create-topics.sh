@@ -1,0 +1,23 @@
+#!/bin/sh
+# One-shot topic creation for docker-compose (the same names and policies as pipeline/topics.py).
+set -eu
+BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:9092}"
+PARTITIONS="${UNLEARN_PARTITIONS:-6}"
+PREFIX="${UNLEARN_TOPIC_PREFIX:-}"
+TOPICS=/opt/kafka/bin/kafka-topics.sh
+DAY_MS=86400000
+
+create() {
+  name="$PREFIX$1"; shift
+  "$TOPICS" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+    --topic "$name" --partitions "$PARTITIONS" --replication-factor 1 "$@"
+  echo "topic $name ready"
+}
+
+create unlearn.records        --config cleanup.policy=compact
+create unlearn.model-updates  --config cleanup.policy=compact
+create unlearn.deletions      --config cleanup.policy=delete --config retention.ms=$((400 * DAY_MS))
+create unlearn.retrain        --config cleanup.policy=delete
+create unlearn.receipts       --config cleanup.policy=delete
+create unlearn.dead-letter    --config cleanup.policy=delete
+create unlearn.federated      --config cleanup.policy=delete
