@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine import run_engine_bench
+from bench.pipeline import run_pipeline_bench
 
 
 def _ms(seconds: float) -> str:
@@ -126,6 +127,39 @@ def _fidelity(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pipeline(p: dict[str, Any]) -> list[str]:
+    t, lat, base = p["throughput"], p["latency"], p["baseline"]
+    ds = p["dataset"]
+    where = "embedded Tansu and redis-server" if p["embedded_services"] else "external services"
+    return [
+        "## End to end: broker, worker, Redis",
+        "",
+        f"Deletion requests (one record each) through {where} on this machine, "
+        f"{p['partitions']} partitions, `unlearn worker` in a child process; binary logistic "
+        f"regression on {ds['name']} (n = {ds['n']}, d = {ds['d']}). Each phase has its own "
+        "model and worker, warmed up first (the first batch loads the model). Events per "
+        "second run from the first send to the Redis commit of the version covering the last "
+        "event; an event's latency runs from its timestamp to the commit of the version it "
+        "took effect in (its receipt's `completed_at`). `unlearn bench pipeline --json` "
+        "prints these figures.",
+        "",
+        "| figure | pipeline | target | scikit-learn baseline |",
+        "|---|---|---|---|",
+        f"| sustained deletions/s ({t['events']} events, batches up to "
+        f"{t['worker_settings']['max_batch']}, wait {t['worker_settings']['max_wait']} s) | "
+        f"{t['events_per_second']:.0f} | 10,000 | {base['events_per_second_at_mean_batch']:.0f} "
+        f"(a refit of {base['sklearn_refit_s']:.2f} s per batch of {t['mean_batch']:.0f}) |",
+        f"| versions published / mean batch | {t['versions_published']} / "
+        f"{t['mean_batch']:.0f} | | |",
+        f"| producer send rate (events/s) | {t['producer_events_per_second']:.0f} | | |",
+        f"| latency p50 / p95 / p99 / max (s) at {lat['achieved_rate']:.0f} events/s "
+        f"({lat['events']} events, wait {lat['worker_settings']['max_wait']} s) | "
+        f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f} / {lat['p99_s']:.3f} / {lat['max_s']:.3f} | "
+        "p99 < 0.25 | |",
+        "",
+    ]
+
+
 def render(results: dict[str, Any]) -> str:
     """The markdown report of one run."""
     lines = [
@@ -140,6 +174,7 @@ def render(results: dict[str, Any]) -> str:
         *_costs(results["batch_cost"]),
         *_flat(results["flat_in_n"]),
         *_fidelity(results["fidelity"]),
+        *(_pipeline(results["pipeline"]) if "pipeline" in results else []),
     ]
     return "\n".join(lines)
 
@@ -150,7 +185,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures")
     args = parser.parse_args()
-    results = run_engine_bench(quick=args.quick, log=lambda msg: print(msg, flush=True))
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results = run_engine_bench(quick=args.quick, log=log)
+    results["pipeline"] = run_pipeline_bench(quick=args.quick, log=log)
     args.output.write_text(render(results) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -500,6 +500,21 @@ def bench_engine(
         console.print_json(json.dumps(results))
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option(help="Fewer events, for a smoke run.")] = False,
+) -> None:
+    """End-to-end figures: deletion events/s through broker, worker and Redis; latency."""
+    from bench.pipeline import run_pipeline_bench
+
+    results = run_pipeline_bench(quick=quick, log=None if as_json else errors.print)
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+    else:
+        console.print_json(json.dumps(results))
+
+
 def main() -> None:
     """Console entry point: run the app, turning project errors into one clear line."""
     try:

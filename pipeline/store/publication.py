@@ -319,8 +319,11 @@ class Publication:
         )
 
         receipts, kept = [], []
-        for request_id, (status, reason, n_erased) in self._receipts.items():
-            raw = pipe.get(keys.receipt(model_id, request_id))
+        request_ids = list(self._receipts)
+        # one round trip for every receipt (the keys share the model's hash tag)
+        stored = pipe.mget([keys.receipt(model_id, r) for r in request_ids]) if request_ids else []
+        for request_id, raw in zip(request_ids, stored, strict=True):
+            status, reason, n_erased = self._receipts[request_id]
             existing = None if raw is None else Receipt.model_validate_json(raw)
             if existing is not None and existing.status.final:
                 kept.append(existing)

@@ -112,10 +112,22 @@ def read_subjects(client: Any, keys: KeySpace, model_id: str, ids: Sequence[str]
 def prune_subject_index(
     client: redis.Redis, keys: KeySpace, model_id: str, subject_ids: Iterable[str]
 ) -> None:
-    """Drop ``model_id`` from the subject -> models index of subjects it no longer holds."""
-    for subject_id in set(subject_ids):
-        if not client.exists(keys.subject_records(model_id, subject_id)):
-            client.srem(keys.subject_models(subject_id), model_id)
+    """Drop ``model_id`` from the subject -> models index of subjects it no longer holds.
+
+    Two round trips whatever the number of subjects: one to test, one to prune.
+    """
+    subjects = sorted(set(subject_ids))
+    if not subjects:
+        return
+    probe: Any = client.pipeline(transaction=False)
+    for subject_id in subjects:
+        probe.exists(keys.subject_records(model_id, subject_id))
+    held = probe.execute()
+    prune: Any = client.pipeline(transaction=False)
+    for subject_id, still in zip(subjects, held, strict=True):
+        if not still:
+            prune.srem(keys.subject_models(subject_id), model_id)
+    prune.execute()
 
 
 class RecordStore:

@@ -1,4 +1,4 @@
-"""`unlearn bench engine --json` as a machine would call it."""
+"""`unlearn bench engine|pipeline --json` as a machine would call it."""
 
 import json
 import subprocess
@@ -33,3 +33,23 @@ def test_unknown_command_is_a_clear_error_without_traceback():
     assert done.returncode == 2
     assert "No such command" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_bench_pipeline_json_applies_every_event_and_reports_rates():
+    done = subprocess.run(
+        [UNLEARN, "bench", "pipeline", "--json", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    results = json.loads(done.stdout)
+    tput, lat = results["throughput"], results["latency"]
+    # the bench only returns once the worker's applied sequence covers every event
+    assert tput["events"] == 5000 and tput["events_per_second"] > 0
+    assert tput["versions_published"] >= 1
+    # every latency event has a final receipt with a positive latency
+    assert lat["events"] == 4000
+    assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["p99_s"] <= lat["max_s"]
+    assert 900 < lat["achieved_rate"] < 1100
+    assert results["baseline"]["sklearn_refit_s"] > 0

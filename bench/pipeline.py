@@ -1,0 +1,247 @@
+"""End-to-end figures: deletion events through the real broker, the worker and Redis.
+
+One run, on the embedded Tansu broker and redis-server (or the services named by
+``UNLEARN_KAFKA_BOOTSTRAP`` / ``UNLEARN_REDIS_URL``), with ``unlearn worker`` in a child
+process exactly as a user runs it. The model is binary logistic regression on UCI Adult
+(a9a encoding, train and test rows together: n = 48,842, d = 123, rows scaled to unit
+norm), one model per phase so each phase starts from the same state, warmed up by 200
+deletions so the worker has loaded it (a cold load reads every record from Redis):
+
+* **throughput**: ``n_events`` deletion requests (one record each) published as fast as a
+  kafka-python producer sends them; the rate is events over the time from the first send
+  to the moment the worker's last version covering them is committed in Redis (its
+  applied sequence number counts every request).
+* **latency**: requests sent at a fixed rate (1,000/s) for a few seconds; an event's
+  latency is from its timestamp (set when it is sent) to the commit of the version it
+  took effect in (the receipt's ``completed_at``, written in the same Redis transaction
+  that moves ``current``).
+* **baseline**: scikit-learn's ``LogisticRegression`` refitted on the remaining rows,
+  which retraining after each batch would cost; its event rate is the mean batch size the
+  worker took divided by that time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaProducer
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.config import Settings, resolve_services
+from pipeline.datasets import load
+from pipeline.events import DeletionRequested, encode_event
+from pipeline.store import Store
+from pipeline.topics import Topics, ensure_topics
+from pipeline.training import Table, train_model
+from workers.processes import child_env, spawn, stop
+
+__all__ = ["run_pipeline_bench"]
+
+Log = Callable[[str], object]
+PARAMS = {"lam": 1e-3, "sigma": 10.0, "epsilon": 1.0, "delta": 1e-4, "seed": 0}
+PARTITIONS = 3
+WARMUP = 200
+
+
+def _adult() -> tuple[np.ndarray, np.ndarray]:
+    ds = load("adult_a9a", preprocess=False)
+    assert ds.X_test is not None and ds.y_test is not None
+    X = np.vstack([ds.X, ds.X_test])
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return X, np.concatenate([ds.y, ds.y_test])
+
+
+@contextmanager
+def _worker(
+    bootstrap: str, redis_url: str, prefix: str, logs: Path, **settings: Any
+) -> Iterator[None]:
+    env = child_env(
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_url,
+        topic_prefix=prefix,
+        key_namespace=prefix.rstrip("."),
+        partitions=PARTITIONS,
+        broker_timeouts="fast",
+        retrain_min_interval=3600,
+        **settings,
+    )
+    proc = spawn(["worker"], env, logs)
+    try:
+        yield
+    finally:
+        stop(proc)
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.01) -> float:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark: {what} not reached within {timeout:g} s")
+        time.sleep(poll)
+    return time.perf_counter()
+
+
+def _request(model: str, record_id: str) -> DeletionRequested:
+    return DeletionRequested(
+        request_id=uuid.uuid4().hex,
+        record_ids=[record_id],
+        model_ids=[model],
+        reason="benchmark",
+        ts=datetime.now(UTC),
+    )
+
+
+def _send(producer: KafkaProducer, topic: str, event: DeletionRequested) -> None:
+    key = (event.record_ids or [event.request_id])[0].encode()
+    producer.send(topic, key=key, value=encode_event(event))
+
+
+def _train(store: Store, model: str, X: np.ndarray, y: np.ndarray) -> list[str]:
+    ids = [f"r{i}" for i in range(len(y))]
+    subjects = [f"s{i}" for i in range(len(y))]
+    train_model(store, model, Table(X=X, y=y, subjects=subjects, ids=ids), params=PARAMS, holdout=0)
+    return ids
+
+
+def _throughput(
+    store: Store, producer: KafkaProducer, topics: Topics, ids: list[str], n: int, model: str
+) -> dict[str, Any]:
+    seq0 = store.models.applied_seq(model) or 0
+    v0 = store.models.current_version(model)
+    start = time.perf_counter()
+    for rid in ids[:n]:
+        _send(producer, topics.deletions, _request(model, rid))
+    producer.flush()
+    sent = time.perf_counter()
+    done = _wait(
+        lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 600, f"{n} deletions applied"
+    )
+    versions = store.models.current_version(model) - v0
+    return {
+        "events": n,
+        "seconds": done - start,
+        "events_per_second": n / (done - start),
+        "producer_events_per_second": n / (sent - start),
+        "versions_published": versions,
+        "mean_batch": n / max(versions, 1),
+    }
+
+
+def _latency(
+    store: Store,
+    producer: KafkaProducer,
+    topics: Topics,
+    ids: list[str],
+    rate: float,
+    seconds: float,
+    model: str,
+) -> dict[str, Any]:
+    n = int(rate * seconds)
+    seq0 = store.models.applied_seq(model) or 0
+    sent: dict[str, datetime] = {}
+    start = time.perf_counter()
+    for i, rid in enumerate(ids[:n]):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        event = _request(model, rid)
+        _send(producer, topics.deletions, event)
+        sent[event.request_id] = event.ts
+        if i % 50 == 0:
+            producer.flush()  # keep the client from holding events back
+    producer.flush()
+    achieved = n / (time.perf_counter() - start)
+    _wait(lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 300, "latency run applied")
+    receipts = store.receipts.get_many(list(sent), model)
+    lat = np.array(
+        [
+            (r.completed_at - sent[r.request_id]).total_seconds()
+            for r in receipts
+            if r is not None and r.completed_at is not None
+        ]
+    )
+    assert len(lat) == n, f"{n - len(lat)} receipts missing"
+    q = np.percentile(lat, [50, 95, 99])
+    return {
+        "target_rate": rate,
+        "achieved_rate": achieved,
+        "events": n,
+        "p50_s": float(q[0]),
+        "p95_s": float(q[1]),
+        "p99_s": float(q[2]),
+        "max_s": float(lat.max()),
+    }
+
+
+def _sklearn_refit(X: np.ndarray, y: np.ndarray) -> float:
+    start = time.perf_counter()
+    LogisticRegression(max_iter=1000).fit(X, y)
+    return time.perf_counter() - start
+
+
+def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """Throughput and latency through the real broker, worker and Redis (see module doc)."""
+    say: Log = log or (lambda _msg: None)
+    n_events = 5_000 if quick else 20_000
+    latency_seconds = 4.0 if quick else 15.0
+    phases = {  # worker batching per phase: big batches for throughput, short waits for latency
+        "throughput": {"max_batch": 5_000, "max_wait": 0.5},
+        "latency": {"max_batch": 1_000, "max_wait": 0.02},
+    }
+    X, y = _adult()
+    say(f"pipeline: Adult n={len(y)} d={X.shape[1]}; starting the services")
+    settings = Settings()
+    tag = f"bench{uuid.uuid4().hex[:6]}."
+    topics = Topics(tag)
+    with resolve_services(settings) as found:
+        ensure_topics(found.kafka_bootstrap, topics, partitions=PARTITIONS)
+        store = Store.from_url(found.redis_url, tag.rstrip("."))
+        producer = KafkaProducer(
+            bootstrap_servers=found.kafka_bootstrap, acks="all", linger_ms=5, batch_size=262_144
+        )
+        try:
+            results: dict[str, Any] = {}
+            for phase, worker_settings in phases.items():
+                ids = _train(store, phase, X, y)
+                logs = Path(f"/tmp/{tag}{phase}-worker.log")
+                with _worker(found.kafka_bootstrap, found.redis_url, tag, logs, **worker_settings):
+                    # the first batch loads the model (every record from Redis) and waits
+                    # for the worker to join its group: not part of the figures
+                    say(f"pipeline: {phase}: warming up ({WARMUP} deletions)")
+                    _throughput(store, producer, topics, ids[:WARMUP], WARMUP, phase)
+                    if phase == "throughput":
+                        say(f"pipeline: {n_events} deletions as fast as they can be sent")
+                        results[phase] = _throughput(
+                            store, producer, topics, ids[WARMUP:], n_events, phase
+                        )
+                        rate = results[phase]["events_per_second"]
+                        say(f"pipeline: {rate:.0f} events/s")
+                    else:
+                        say(f"pipeline: latency at 1,000 events/s for {latency_seconds:g} s")
+                        results[phase] = _latency(
+                            store, producer, topics, ids[WARMUP:], 1000.0, latency_seconds, phase
+                        )
+                results[phase]["worker_settings"] = worker_settings
+            remaining = WARMUP + n_events
+            refit = _sklearn_refit(X[remaining:], y[remaining:])
+        finally:
+            producer.close()
+            store.close()
+    return {
+        "dataset": {"name": "adult_a9a (train + test)", "n": int(len(y)), "d": int(X.shape[1])},
+        "partitions": PARTITIONS,
+        "embedded_services": found.embedded,
+        "throughput": results["throughput"],
+        "latency": results["latency"],
+        "baseline": {
+            "sklearn_refit_s": refit,
+            "events_per_second_at_mean_batch": results["throughput"]["mean_batch"] / refit,
+        },
+    }
