@@ -62,6 +62,7 @@ from pipeline.store.publication import Publication, PublishResult
 from pipeline.store.records import StoredRecord
 from pipeline.training import Engine, Holdout, engine_spec, holdout_score, load_holdout
 from pipeline.unlearning import LogisticUnlearner, UpdateReport
+from pipeline.unlearning.base import decode_ids
 
 __all__ = ["Applier", "Forget", "Learn", "Outcome"]
 
@@ -681,6 +682,4 @@ class Applier:
 
 
 def _json_ids(state: dict[str, Any]) -> list[Any]:
-    import json
-
-    return list(json.loads(str(state["record_ids_json"])))
+    return decode_ids(str(state["record_ids_json"]))

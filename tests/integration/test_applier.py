@@ -6,8 +6,6 @@ batch and what the worker would publish.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -19,6 +17,7 @@ from pipeline.intake import Message
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.store import Store
 from pipeline.training import Table, train_model
+from pipeline.unlearning.base import decode_ids
 
 PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
 
@@ -191,7 +190,7 @@ def test_retrain_merge_forgets_what_was_deleted_after_the_snapshot(
 
     ckpt = store.checkpoints.load(model)
     assert ckpt is not None and ckpt.version == out.published.version
-    in_model = set(json.loads(ckpt.state["record_ids_json"]))
+    in_model = set(decode_ids(ckpt.state["record_ids_json"]))
     assert not (in_model & gone)
     assert "late-1" in in_model and in_model == held_ids(store, model)
     assert retraining.in_flight(model) is None

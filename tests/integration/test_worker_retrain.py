@@ -18,6 +18,7 @@ from pipeline import LogisticUnlearner
 from pipeline.events import ReceiptStatus
 from pipeline.sdk import DeletionClient
 from pipeline.training import Table, train_model
+from pipeline.unlearning.base import decode_ids
 
 PARAMS = {"lam": 1e-3, "sigma": 10.0, "seed": 0, "fit_intercept": True}
 
@@ -96,7 +97,7 @@ def test_deletions_during_a_retrain_are_not_lost(pipe) -> None:
     # the retrained version holds none of the deleted records, and the late addition
     ckpt = store.checkpoints.load("digits")
     assert ckpt is not None and ckpt.version == retrained.version
-    in_model = set(json.loads(ckpt.state["record_ids_json"]))
+    in_model = set(decode_ids(ckpt.state["record_ids_json"]))
     assert not (in_model & doomed_ids)
     assert "late" in in_model and in_model == store.records.ids("digits")
     held = list(store.records.scan("digits"))
