@@ -42,6 +42,7 @@ from pipeline.retraining import Retraining
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics
+from workers.federated import register_federated
 
 __all__ = ["Runtime", "build_app"]
 
@@ -301,6 +302,8 @@ def build_app(
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
             good, bad = decode(events, RecordAdded)
             ops = [Learn(ev, msg) for ev, msg in good]
+            if not ops and not bad:
+                continue  # only tombstones (our own erasures): nothing to apply or count
             with metrics.batch("records", len(events)):
                 outcomes = await guarded(
                     "record",
@@ -361,6 +364,7 @@ def build_app(
         await runtime.run(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
+    register_federated(app, runtime, publish, topic)
     return app, runtime
 
 

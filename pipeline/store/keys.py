@@ -77,6 +77,14 @@ class KeySpace:
         """HASH: the engine checkpoint saved with a version (manifest + array bytes)."""
         return f"{self._model(model_id)}:ckpt:{int(version)}"
 
+    def federation(self, model_id: str) -> str:
+        """STRING: JSON definition of the federation that trains the model."""
+        return f"{self._model(model_id)}:fed"
+
+    def federation_round(self, model_id: str) -> str:
+        """STRING: JSON of the federation's open round (what clients must answer)."""
+        return f"{self._model(model_id)}:fed:round"
+
     def checkpoints(self, model_id: str) -> str:
         """ZSET: versions that have a checkpoint."""
         return f"{self._model(model_id)}:ckpts"

@@ -1,0 +1,117 @@
+r"""Federated ridge regression: the sufficient statistics add up, so removal is exact.
+
+The global model minimises, over the union of the member clients' rows,
+
+.. math:: \tfrac12 \lVert y - \tilde X w\rVert^2 + \tfrac{\alpha}{2}\lVert w_{1:d}\rVert^2
+          + b^\top w
+
+as :class:`~pipeline.unlearning.RidgeUnlearner` (intercept unpenalised, optional
+perturbation b from ``seed``). Each client reports :math:`g_c = \tilde X_c^\top(\tilde X_c w
+- y_c)` and :math:`H_c = \tilde X_c^\top \tilde X_c` once; the objective is quadratic, so the
+server's Newton step :math:`w - (\sum_c H_c + \alpha P)^{-1}(\sum_c g_c + \alpha P w + b)` is
+the exact solution and the gradient at any other w follows from the statistics
+(:math:`g_c(w') = g_c(w) + H_c (w' - w)`). Training takes one round; forgetting a client
+subtracts its statistics and takes none, and reproduces the retrained solution to
+round-off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from pipeline.errors import InvalidInput
+from pipeline.federated.server import FederatedServer
+from pipeline.unlearning.base import check_features
+
+__all__ = ["FederatedRidge"]
+
+Array = NDArray[np.float64]
+
+
+class FederatedRidge(FederatedServer):
+    """Server of a federated ridge regression whose client removals are exact.
+
+    Parameters
+    ----------
+    n_features : int
+    alpha : float
+        L2 penalty on the coefficients (not the intercept).
+    fit_intercept : bool
+    sigma, epsilon, delta, seed : float, float, float, int
+        Optional perturbation (``sigma = 0``, the default, leaves it off) and its budget.
+    tol : float
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,)
+    intercept_ : float
+    certificate_ : float
+        Norm of the objective's gradient at the released model (round-off only).
+    """
+
+    kind = "ridge"
+    _quadratic = True
+    _removal_method = "exact"
+
+    def __init__(
+        self,
+        n_features: int,
+        alpha: float = 1.0,
+        *,
+        fit_intercept: bool = True,
+        sigma: float = 0.0,
+        epsilon: float = 1.0,
+        delta: float = 1e-4,
+        seed: int = 0,
+        tol: float = 1e-9,
+    ) -> None:
+        if not alpha > 0 or n_features < 1:
+            msg = f"need alpha > 0 and n_features >= 1, got {alpha}, {n_features}"
+            raise InvalidInput(msg)
+        super().__init__(
+            sigma=sigma,
+            epsilon=epsilon,
+            delta=delta,
+            seed=seed,
+            tol=tol,
+            max_rounds=5,
+            refresh_above=0.0,
+        )
+        self.n_features_in_ = int(n_features)
+        self.alpha = float(alpha)
+        self.fit_intercept = bool(fit_intercept)
+
+    @property
+    def _shape(self) -> tuple[int, int]:
+        return (1, self.n_features_in_ + int(self.fit_intercept))
+
+    def _penalty(self, n: int) -> Array:
+        diag = np.full(self._shape[1], self.alpha)
+        if self.fit_intercept:
+            diag[-1] = 0.0
+        return diag
+
+    def _request_fields(self) -> dict[str, Any]:
+        return {"augment": self.fit_intercept}
+
+    @property
+    def coef_(self) -> Array:
+        return self._W_released()[0, : self.n_features_in_].copy()
+
+    @property
+    def intercept_(self) -> float:
+        return float(self._W_released()[0, -1]) if self.fit_intercept else 0.0
+
+    def predict(self, X: ArrayLike) -> Array:
+        """Predicted targets, shape (n_samples,)."""
+        return check_features(X, self.n_features_in_) @ self.coef_ + self.intercept_
+
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Coefficient of determination R^2."""
+        y_arr = np.asarray(y, dtype=np.float64)
+        resid = y_arr - self.predict(X)
+        total = y_arr - y_arr.mean()
+        return float(1.0 - (resid @ resid) / (total @ total))

@@ -1,0 +1,91 @@
+"""The ``federated`` agent: ``unlearn.federated`` in, model versions and receipts out.
+
+Decodes ``ClientStats`` / ``ClientRemoved`` / ``ClassRemoved`` events, hands each batch
+to :class:`pipeline.federated.FederatedCoordinator` on the worker's one executor thread,
+and publishes what it returns with the worker's ``publish`` (``ModelPublished``, receipts,
+dead letters, metrics), as the deletions agent does. Registered by
+:func:`workers.app.build_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from pipeline.applier import Outcome
+from pipeline.federated import FederatedCoordinator, decode_federated
+from pipeline.intake import Message, Rejected
+
+if TYPE_CHECKING:
+    from workers.app import Runtime
+
+__all__ = ["register_federated"]
+
+log = logging.getLogger("unlearn.worker.federated")
+
+Publish = Callable[..., Awaitable[None]]
+
+
+def _messages(events: Sequence[Any]) -> list[Message]:
+    return [
+        Message(
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+            key=e.key,
+            value=e.value,
+        )
+        for e in events
+    ]
+
+
+def register_federated(
+    app: faust.App,
+    runtime: Runtime,
+    publish: Publish,
+    topic: Callable[[str], faust.TopicT],
+) -> FederatedCoordinator:
+    """Add the ``federated`` agent to ``app``; returns the coordinator it drives."""
+    coordinator = FederatedCoordinator(runtime.store, keep_versions=runtime.settings.keep_versions)
+    federated_t = topic(runtime.topics.federated)
+    metrics, settings = runtime.metrics, runtime.settings
+
+    def decode(events: Sequence[Any]) -> tuple[list[Any], list[Rejected[Any]]]:
+        good, bad = [], []
+        for msg in _messages(events):
+            metrics.consumed(msg.topic)
+            result = decode_federated(msg, max_bytes=settings.max_event_bytes)
+            if isinstance(result, Rejected):
+                bad.append(result)
+            elif result is not None:
+                good.append((result, msg))
+        return good, bad
+
+    @app.agent(federated_t)
+    async def federated(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            good, bad = decode(events)
+            outcomes: Iterable[Outcome]
+            with metrics.batch("federated", len(events)):
+                try:
+                    outcomes = await runtime.run(coordinator.handle, good)
+                except Exception as exc:  # a bug or an outage: keep the evidence, keep going
+                    log.exception("applying a federated batch failed; dead-lettering it")
+                    error = repr(exc)[:1500]
+                    rejected = [Rejected(m, "internal_error", error) for _, m in good]
+                    outcomes = [Outcome("*", rejected=rejected)]
+            sent: dict[str, datetime] = {ev.event_id: ev.ts for ev, _ in good}
+            await publish(
+                outcomes,
+                bad,
+                "federated",
+                lambda o, sent=sent: [
+                    sent[r.request_id] for r in o.receipts if r.request_id in sent
+                ],
+            )
+
+    return coordinator
