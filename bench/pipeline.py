@@ -48,6 +48,7 @@ Log = Callable[[str], object]
 PARAMS = {"lam": 1e-3, "sigma": 10.0, "epsilon": 1.0, "delta": 1e-4, "seed": 0}
 PARTITIONS = 3
 WARMUP = 200
+LOW_RATE = 250.0  # a rate the worker sustains on this machine, for comparison
 
 
 def _adult() -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +229,11 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                         results[phase] = _latency(
                             store, producer, topics, ids[WARMUP:], 1000.0, latency_seconds, phase
                         )
+                        say(f"pipeline: latency at {LOW_RATE:g} events/s for {latency_seconds:g} s")
+                        used = WARMUP + int(1000.0 * latency_seconds)
+                        results["latency_low_rate"] = _latency(
+                            store, producer, topics, ids[used:], LOW_RATE, latency_seconds, phase
+                        )
                 results[phase]["worker_settings"] = worker_settings
             remaining = WARMUP + n_events
             refit = _sklearn_refit(X[remaining:], y[remaining:])
@@ -240,6 +246,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
         "embedded_services": found.embedded,
         "throughput": results["throughput"],
         "latency": results["latency"],
+        "latency_low_rate": results["latency_low_rate"],
         "baseline": {
             "sklearn_refit_s": refit,
             "events_per_second_at_mean_batch": results["throughput"]["mean_batch"] / refit,

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import federated
 from bench.engine import run_engine_bench
 from bench.pipeline import run_pipeline_bench
 
@@ -128,7 +129,7 @@ def _fidelity(f: dict[str, Any]) -> list[str]:
 
 
 def _pipeline(p: dict[str, Any]) -> list[str]:
-    t, lat, base = p["throughput"], p["latency"], p["baseline"]
+    t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
     ds = p["dataset"]
     where = "embedded Tansu and redis-server" if p["embedded_services"] else "external services"
     return [
@@ -156,6 +157,8 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         f"({lat['events']} events, wait {lat['worker_settings']['max_wait']} s) | "
         f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f} / {lat['p99_s']:.3f} / {lat['max_s']:.3f} | "
         "p99 < 0.25 | |",
+        f"| latency p50 / p95 / p99 / max (s) at {low['achieved_rate']:.0f} events/s | "
+        f"{low['p50_s']:.3f} / {low['p95_s']:.3f} / {low['p99_s']:.3f} / {low['max_s']:.3f} | | |",
         "",
     ]
 
@@ -175,6 +178,7 @@ def render(results: dict[str, Any]) -> str:
         *_flat(results["flat_in_n"]),
         *_fidelity(results["fidelity"]),
         *(_pipeline(results["pipeline"]) if "pipeline" in results else []),
+        *([federated.markdown(results["federated"])] if "federated" in results else []),
     ]
     return "\n".join(lines)
 
@@ -188,6 +192,7 @@ def main() -> None:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = run_engine_bench(quick=args.quick, log=log)
     results["pipeline"] = run_pipeline_bench(quick=args.quick, log=log)
+    results["federated"] = federated.run(quick=args.quick, log=log)
     args.output.write_text(render(results) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
