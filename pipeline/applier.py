@@ -6,8 +6,9 @@ in their order, :meth:`Applier.apply`
 
 1. loads the model (engine checkpoint of the current version + its records from Redis;
    cached between batches, reloaded when another writer moved ``current``);
-2. drops replays: a deletion request whose receipt for this model is final, a
-   ``RecordAdded`` whose event id was applied (event ids are remembered per model);
+2. drops replays: a deletion request whose receipt for this model is final (its receipt
+   is announced again, nothing else happens), a ``RecordAdded`` whose event id was
+   applied (event ids are remembered per model);
 3. resolves the batch to its net effect: records to forget (a subject's records, named
    records; a record id learned again is replaced: forget the old, learn the new) and
    records to learn; a record learned and deleted within the batch is never learned;
@@ -21,7 +22,7 @@ in their order, :meth:`Applier.apply`
 It returns an :class:`Outcome`: the ``ModelPublished`` notice, the receipts, the record
 ids to tombstone on the compacted records topic, the rejected events (for the dead-letter
 topic) and a ``RetrainRequested`` when a trigger fired. A replayed batch changes nothing
-and returns no receipt.
+and only announces its receipts again.
 
 :meth:`Applier.merge_retrain` takes a refit handed back by the retrainer (at snapshot
 sequence S), forgets from it every record erased after S, learns every record added after
@@ -54,6 +55,7 @@ from pipeline.events import (
     RetrainCompleted,
     RetrainRequested,
 )
+from pipeline.faults import crash_point
 from pipeline.intake import Message, Rejected
 from pipeline.policy import FitBaseline, ModelHealth, RetrainPolicy, RetrainReason
 from pipeline.retraining import Retraining, engine_from_state
@@ -98,7 +100,10 @@ class Outcome:
     published : ModelPublished or None
         The notice for ``unlearn.model-updates`` (None: no new version).
     receipts : list of Receipt
-        Receipts written by this batch (a replay writes none).
+        Receipts to announce on ``unlearn.receipts``: those this batch wrote, and the
+        final receipts of replayed requests again (a worker that died between its Redis
+        commit and the broker's ack lost that announcement). The topic is at-least-once;
+        a receipt's ``event_id`` is deterministic, so consumers drop repeats by it.
     tombstones : list of str
         Record ids whose features were erased: tombstone them on ``unlearn.records``.
     rejected : list of Rejected
@@ -151,6 +156,7 @@ class _Plan:
     subjects: set[str] = field(default_factory=set)
     rejected: list[Rejected[Any]] = field(default_factory=list)
     skipped: int = 0
+    announce: dict[str, Receipt] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
@@ -313,6 +319,7 @@ class Applier:
                 X = np.stack([r.features for r in recs])
                 y = np.array([r.label for r in recs])
                 reports.append(loaded.engine.learn(X, y, ids=[r.record_id for r in recs]))
+            reports.extend(_certified(loaded.engine, model_id))
             result, health = self._publish_batch(model_id, loaded, plan, reports)
         except ModelVersionConflict:
             self._models.pop(model_id, None)
@@ -336,7 +343,7 @@ class Applier:
         out = Outcome(
             model_id,
             published=self._notice(result),
-            receipts=list(result.receipts),
+            receipts=list(result.receipts) + list(plan.announce.values()),
             tombstones=sorted((set(plan.removed) | plan.erased_pending) - set(plan.added)),
             rejected=plan.rejected,
             reports=reports,
@@ -379,6 +386,8 @@ class Applier:
             req = op.request
             if req.request_id in final or req.request_id in plan.requests:
                 plan.skipped += 1
+                if req.request_id in final:  # announce it again: the last announcement
+                    plan.announce[req.request_id] = receipts[req.request_id]  # may be lost
                 continue
             plan.requests[req.request_id] = self._resolve(model_id, loaded, plan, req)
             if req.subject_id is not None:
@@ -445,7 +454,12 @@ class Applier:
 
     def _close_unchanged(self, model_id: str, loaded: _Loaded, plan: _Plan) -> Outcome:
         """Requests that remove nothing: final receipts on the current version."""
-        out = Outcome(model_id, rejected=plan.rejected, skipped=plan.skipped)
+        out = Outcome(
+            model_id,
+            receipts=list(plan.announce.values()),
+            rejected=plan.rejected,
+            skipped=plan.skipped,
+        )
         for request_id in plan.requests:
             out.receipts.append(
                 self.store.receipts.close(
@@ -639,6 +653,7 @@ class Applier:
                 np.array([r.label for r in new]),
                 ids=[r.record_id for r in new],
             )
+        _certified(engine, model_id)
         metrics = holdout_score(engine, loaded.holdout)
         extra = dict(loaded.extra)
         extra.update(
@@ -657,7 +672,9 @@ class Applier:
             )
         )
         pub.applied_seq(loaded.seq).checkpoint(engine.state_dict()).retain(self.keep_versions)
+        crash_point("merge.commit", model_id)
         published = pub.retrain_done().commit()
+        crash_point("merge.committed", model_id)
         loaded.engine, loaded.version, loaded.extra = engine, published.version, extra
         loaded.retained.clear()
         loaded.retain_from = None
@@ -679,6 +696,28 @@ class Applier:
             ts=_now(),
         )
         return Outcome(model_id, published=self._notice(published), completed=completed)
+
+
+def _certified(engine: Engine, model_id: str) -> list[UpdateReport]:
+    """Refit in place when an update left the certificate over the budget.
+
+    The budget bounds what Guo et al.'s Theorem 3 certifies: a version over it would
+    void the guarantee of every earlier deletion, so it is never published. Normally the
+    policy asks the retrainer well before (``retrain_recommended`` looks one batch ahead);
+    this catches a batch that overshoots at once, such as records far from the data.
+    """
+    budget = float(getattr(engine, "budget_", 0.0) or 0.0)
+    certificate = float(getattr(engine, "certificate_", 0.0) or 0.0)
+    if budget <= 0 or certificate <= budget:
+        return []
+    log.warning(
+        "model %r: certificate %.3g over the budget %.3g after an update; refitting before "
+        "publishing",
+        model_id,
+        certificate,
+        budget,
+    )
+    return [engine.refit()]
 
 
 def _json_ids(state: dict[str, Any]) -> list[Any]:

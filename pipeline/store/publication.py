@@ -34,6 +34,7 @@ import redis
 
 from pipeline.errors import InvalidInput, ModelVersionConflict
 from pipeline.events import Receipt, ReceiptStatus
+from pipeline.faults import crash_point
 from pipeline.store.checkpoints import stage_checkpoint
 from pipeline.store.codec import StateValue, encode_array, encode_state
 from pipeline.store.keys import KeySpace
@@ -247,7 +248,9 @@ class Publication:
                     plan = self._plan(pipe)
                     pipe.multi()
                     self._stage(pipe, plan)
+                    crash_point("publication.exec", model_id)
                     pipe.execute()
+                    crash_point("publication.committed", model_id)
                     break
                 except redis.WatchError:
                     found = int(self._r.get(current_key) or 0)

@@ -199,3 +199,21 @@ def test_retrain_merge_forgets_what_was_deleted_after_the_snapshot(
     published = store.models.get(model)
     rel = np.linalg.norm(published.coef - exact.coef_) / np.linalg.norm(exact.coef_)
     assert rel < 1e-3
+
+
+def test_a_batch_that_overshoots_the_budget_is_refitted_before_publishing(
+    store: Store, model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    noise = [learn(f"n{i}", f"noise-{i}", "n", rng.random(64) * 8, i % 10) for i in range(40)]
+    with caplog.at_level("WARNING", logger="pipeline.applier"):
+        out = Applier(store).apply(model, noise)
+    assert "over the budget" in caplog.text  # the update alone overshot
+    pub = out.published
+    assert pub is not None and pub.certificate is not None and pub.budget is not None
+    assert pub.certificate <= pub.budget
+    assert [r.method for r in out.reports][-1] == "retrain"
+    # the published model is the exact optimum on the held records (same objective and b)
+    exact = refit_on(store, model)
+    published = store.models.get(model)
+    assert np.linalg.norm(published.coef - exact.coef_) <= 1e-3 * np.linalg.norm(exact.coef_)

@@ -169,13 +169,16 @@ def test_ten_thousand_deletions_are_applied_exactly_once(pipe) -> None:
     assert all(
         r is not None and r.status is ReceiptStatus.APPLIED and r.n_records == 1 for r in receipts
     )
-    # one receipt message per request on the receipts topic, even for the replayed ones
+    # one receipt per request on the receipts topic: a replayed request announces the same
+    # receipt again (same event id, version, status), never a second, different one
     messages = read_topic(pipe.bootstrap, pipe.topics.receipts, expected=10_000)
     stream_msgs = [json.loads(m.value) for m in messages if b'"stream"' in m.value]
-    counts: dict[str, int] = {}
+    distinct: dict[str, set[tuple]] = {}
     for msg in stream_msgs:
-        counts[msg["request_id"]] = counts.get(msg["request_id"], 0) + 1
-    assert len(counts) == 10_000 and set(counts.values()) == {1}
+        key = (msg["event_id"], msg["version"], msg["status"], msg["completed_at"])
+        distinct.setdefault(msg["request_id"], set()).add(key)
+    assert len(distinct) == 10_000 and {len(v) for v in distinct.values()} == {1}
+    assert len(stream_msgs) <= 10_000 + len(replays)  # repeats only for the replays
 
     # the final model equals the engine applied directly to the same deletions
     direct = RidgeUnlearner(**params).fit(X, y, ids=ids)
