@@ -56,4 +56,5 @@ def describe() -> dict[str, object]:
         "scipy": version("scipy"),
         "scikit-learn": version("scikit-learn"),
         "blas": _blas(),
+        "load average at start (1, 5, 15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
