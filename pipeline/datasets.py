@@ -32,12 +32,25 @@ class Dataset:
     y_test: NDArray[np.int64] | None
 
 
+_WORKSPACE = Path("/work/shared/datasets")
+"""The team workspace's copy, for clones made elsewhere (CI clones into a fresh folder)."""
+
+
 def dataset_dir() -> Path:
-    """Where the datasets live: ``$UNLEARN_DATASETS`` or ``<project>/../shared/datasets``."""
+    """Where the datasets live.
+
+    ``$UNLEARN_DATASETS`` if set; else ``<project>/../shared/datasets`` (the workspace
+    layout); else the workspace's own folder, so that a clone anywhere on the machine
+    finds them. When none exists, the first candidate is returned and :func:`load` says
+    which variable to set.
+    """
     env = os.environ.get("UNLEARN_DATASETS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    beside = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    if not beside.is_dir() and _WORKSPACE.is_dir():
+        return _WORKSPACE
+    return beside
 
 
 def guo_preprocess(X: NDArray[np.generic]) -> NDArray[np.float64]:

@@ -88,13 +88,14 @@ def test_deleting_a_subject_erases_it_with_one_receipt(store: Store, model: str)
     rel = np.linalg.norm(published.coef - exact.coef_) / np.linalg.norm(exact.coef_)
     assert rel < 1e-3
 
-    # a replay changes nothing and writes no second receipt
+    # a replay changes nothing and writes no second receipt: it announces the same one
     again = applier.apply(model, by_model[model])
-    assert again.published is None and again.receipts == [] and again.skipped == 1
+    assert again.published is None and again.receipts == [receipt] and again.skipped == 1
     assert store.models.current_version(model) == 2
+    assert store.receipts.get("req-1") == [receipt]
     # a restarted worker (a new applier) replays the same way
     fresh = Applier(store).apply(model, by_model[model])
-    assert fresh.published is None and fresh.receipts == []
+    assert fresh.published is None and fresh.receipts == [receipt]
 
 
 def test_unknown_subject_gets_already_absent_receipts(store: Store, model: str) -> None:
