@@ -342,7 +342,7 @@ class Applier:
 
         out = Outcome(
             model_id,
-            published=self._notice(result),
+            published=result.notice(),
             receipts=list(result.receipts) + list(plan.announce.values()),
             tombstones=sorted((set(plan.removed) | plan.erased_pending) - set(plan.added)),
             rejected=plan.rejected,
@@ -510,22 +510,6 @@ class Applier:
             deleted_since_fit=int(extra["deleted_since_fit"]),
         )
         return result, health
-
-    def _notice(self, result: PublishResult) -> ModelPublished:
-        meta = result.metadata
-        return ModelPublished(
-            event_id=f"pub:{meta.model_id}:{meta.version}",
-            model_id=meta.model_id,
-            version=meta.version,
-            parent=meta.parent,
-            method=meta.method,
-            n_records=meta.n_records,
-            seq=meta.seq,
-            certificate=meta.certificate,
-            budget=meta.budget,
-            holdout_metrics=dict(meta.holdout_metrics),
-            ts=meta.created_at,
-        )
 
     def _trigger(self, model_id: str, reason: RetrainReason, seq: int) -> RetrainRequested | None:
         last = self._triggered.get(model_id)
@@ -695,7 +679,7 @@ class Applier:
             duration_s=result.duration_s,
             ts=_now(),
         )
-        return Outcome(model_id, published=self._notice(published), completed=completed)
+        return Outcome(model_id, published=published.notice(), completed=completed)
 
 
 def _certified(engine: Engine, model_id: str) -> list[UpdateReport]:

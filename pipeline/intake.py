@@ -16,12 +16,12 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pipeline.errors import SchemaError
 from pipeline.events import DeadLetter, Event, decode_event
 
-__all__ = ["REASONS", "Message", "Rejected", "dead_letter", "decode_message"]
+__all__ = ["REASONS", "Message", "Rejected", "dead_letter", "decode_message", "rejection_reason"]
 
 REASONS = (
     "oversized",
@@ -50,6 +50,12 @@ class Message:
     key: bytes | None
     value: bytes | None
 
+    @classmethod
+    def from_faust(cls, event: Any) -> Message:
+        """The message a faust ``EventT`` carries (duck-typed: intake does not import faust)."""
+        msg = event.message
+        return cls(msg.topic, msg.partition, msg.offset, event.key, event.value)
+
     @property
     def where(self) -> str:
         """``topic[partition] offset=N``, for log lines."""
@@ -65,7 +71,8 @@ class Rejected(Generic[E]):
     error: str
 
 
-def _reason(exc: SchemaError) -> str:
+def rejection_reason(exc: SchemaError) -> str:
+    """The dead-letter reason code of a decoding error."""
     if exc.field == "<event>" and exc.reason.startswith("not valid UTF-8 JSON"):
         return "malformed_json"
     if exc.field == "type":
@@ -98,7 +105,7 @@ def decode_message(
     try:
         return decode_event(value, expected)
     except SchemaError as exc:
-        return Rejected(message, _reason(exc), str(exc))
+        return Rejected(message, rejection_reason(exc), str(exc))
 
 
 def dead_letter(rejected: Rejected[E] | Rejected[Event]) -> DeadLetter:

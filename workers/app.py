@@ -94,19 +94,6 @@ class Runtime:
         self.store.client.set(self.store.keys.worker(self.name), json.dumps(self.status()), ex=30)
 
 
-def _messages(events: Sequence[Any]) -> list[Message]:
-    return [
-        Message(
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
-            key=e.key,
-            value=e.value,
-        )
-        for e in events
-    ]
-
-
 def _apply_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
     by_model, routed = runtime.applier.route(ops)
     return [routed] + [runtime.applier.apply(m, model_ops) for m, model_ops in by_model.items()]
@@ -253,7 +240,7 @@ def build_app(
 
     def decode(events: Sequence[Any], expected: type[Event]) -> tuple[list[Any], list[Any]]:
         good, bad = [], []
-        for msg in _messages(events):
+        for msg in map(Message.from_faust, events):
             metrics.consumed(msg.topic)
             result = decode_message(msg, expected, max_bytes=settings.max_event_bytes)
             if isinstance(result, Rejected):

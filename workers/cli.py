@@ -485,6 +485,14 @@ def retrain(model_id: Annotated[str, typer.Argument(metavar="MODEL")]) -> None:
     console.print(f"retrain of {model_id} requested (seq {seq}); follow it with `unlearn status`")
 
 
+def _print_results(results: dict[str, Any], as_json: bool) -> None:
+    """One JSON object on stdout for machines, or pretty JSON for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+    else:
+        console.print_json(json.dumps(results))
+
+
 @bench_app.command("engine")
 def bench_engine(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -494,10 +502,7 @@ def bench_engine(
     from bench.engine import run_engine_bench
 
     results = run_engine_bench(quick=quick, log=None if as_json else console.print)
-    if as_json:
-        sys.stdout.write(json.dumps(results) + "\n")
-    else:
-        console.print_json(json.dumps(results))
+    _print_results(results, as_json)
 
 
 @bench_app.command("pipeline")
@@ -509,10 +514,7 @@ def bench_pipeline(
     from bench.pipeline import run_pipeline_bench
 
     results = run_pipeline_bench(quick=quick, log=None if as_json else errors.print)
-    if as_json:
-        sys.stdout.write(json.dumps(results) + "\n")
-    else:
-        console.print_json(json.dumps(results))
+    _print_results(results, as_json)
 
 
 def main() -> None:

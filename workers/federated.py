@@ -30,19 +30,6 @@ log = logging.getLogger("unlearn.worker.federated")
 Publish = Callable[..., Awaitable[None]]
 
 
-def _messages(events: Sequence[Any]) -> list[Message]:
-    return [
-        Message(
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
-            key=e.key,
-            value=e.value,
-        )
-        for e in events
-    ]
-
-
 def register_federated(
     app: faust.App,
     runtime: Runtime,
@@ -56,7 +43,7 @@ def register_federated(
 
     def decode(events: Sequence[Any]) -> tuple[list[Any], list[Rejected[Any]]]:
         good, bad = [], []
-        for msg in _messages(events):
+        for msg in map(Message.from_faust, events):
             metrics.consumed(msg.topic)
             result = decode_federated(msg, max_bytes=settings.max_event_bytes)
             if isinstance(result, Rejected):

@@ -46,7 +46,6 @@ from pipeline.events import (
     ClientRemoved,
     ClientStats,
     Event,
-    ModelPublished,
     ReceiptStatus,
     decode_event,
 )
@@ -56,9 +55,8 @@ from pipeline.federated.logistic import FederatedLogistic
 from pipeline.federated.ridge import FederatedRidge
 from pipeline.federated.server import FederatedServer
 from pipeline.federated.statistics import ClientStatistics
-from pipeline.intake import Message, Rejected
+from pipeline.intake import Message, Rejected, rejection_reason
 from pipeline.store import Store
-from pipeline.store.publication import PublishResult
 from pipeline.store.versions import ModelSpec
 
 __all__ = ["FEDERATED_EVENTS", "FederatedCoordinator", "decode_federated"]
@@ -87,13 +85,7 @@ def decode_federated(message: Message, *, max_bytes: int) -> FederatedEvent | Re
     try:
         event = decode_event(value)
     except SchemaError as exc:
-        if exc.field == "<event>" and exc.reason.startswith("not valid UTF-8 JSON"):
-            reason = "malformed_json"
-        elif exc.field == "type":
-            reason = "wrong_type"
-        else:
-            reason = "non_finite" if "finite" in exc.reason else "schema"
-        return Rejected(message, reason, str(exc))
+        return Rejected(message, rejection_reason(exc), str(exc))
     if not isinstance(event, ClientStats | ClientRemoved | ClassRemoved):
         kind = type(event).__name__
         error = f"this topic carries ClientStats, ClientRemoved and ClassRemoved, not {kind}"
@@ -370,24 +362,7 @@ class FederatedCoordinator:
         )
         return Outcome(
             model_id,
-            published=_notice(result),
+            published=result.notice(),
             receipts=list(result.receipts),
             reports=[report],
         )
-
-
-def _notice(result: PublishResult) -> ModelPublished:
-    meta = result.metadata
-    return ModelPublished(
-        event_id=f"pub:{meta.model_id}:{meta.version}",
-        model_id=meta.model_id,
-        version=meta.version,
-        parent=meta.parent,
-        method=meta.method,
-        n_records=meta.n_records,
-        seq=meta.seq,
-        certificate=meta.certificate,
-        budget=meta.budget,
-        holdout_metrics=dict(meta.holdout_metrics),
-        ts=meta.created_at,
-    )

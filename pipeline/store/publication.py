@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from pipeline.errors import InvalidInput, ModelVersionConflict
-from pipeline.events import Receipt, ReceiptStatus
+from pipeline.events import ModelPublished, Receipt, ReceiptStatus
 from pipeline.faults import crash_point
 from pipeline.store.checkpoints import stage_checkpoint
 from pipeline.store.codec import StateValue, encode_array, encode_state
@@ -83,6 +83,23 @@ class PublishResult:
     receipts: list[Receipt] = field(default_factory=list)
     kept: list[Receipt] = field(default_factory=list)
     removed_versions: list[int] = field(default_factory=list)
+
+    def notice(self) -> ModelPublished:
+        """The ``ModelPublished`` event announcing this version on ``unlearn.model-updates``."""
+        meta = self.metadata
+        return ModelPublished(
+            event_id=f"pub:{meta.model_id}:{meta.version}",
+            model_id=meta.model_id,
+            version=meta.version,
+            parent=meta.parent,
+            method=meta.method,
+            n_records=meta.n_records,
+            seq=meta.seq,
+            certificate=meta.certificate,
+            budget=meta.budget,
+            holdout_metrics=dict(meta.holdout_metrics),
+            ts=meta.created_at,
+        )
 
     @property
     def version(self) -> int:

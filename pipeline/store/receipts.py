@@ -186,29 +186,7 @@ class ReceiptStore:
         if not reason:
             msg = f"rejecting request {request_id!r} needs a reason"
             raise InvalidInput(msg)
-        self._r.sadd(self._keys.request_models(request_id), model_id)
-        key = self._keys.receipt(model_id, request_id)
-        with self._r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    existing = _parse(pipe.get(key))
-                    if existing is not None and existing.status.final:
-                        return existing
-                    receipt = next_receipt(
-                        existing,
-                        request_id=request_id,
-                        model_id=model_id,
-                        status=ReceiptStatus.REJECTED,
-                        deadline=self.legal_deadline,
-                        reason=reason,
-                    )
-                    pipe.multi()
-                    stage_receipt(pipe, self._keys, receipt)
-                    pipe.execute()
-                    return receipt
-                except redis.WatchError:
-                    continue
+        return self.close(request_id, model_id, ReceiptStatus.REJECTED, reason=reason)
 
     def close(
         self, request_id: str, model_id: str, status: ReceiptStatus, **outcome: Any
