@@ -9,6 +9,7 @@ between reading ``current`` and reading the hash, the read starts over.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -127,25 +128,34 @@ class ModelRegistry:
         UnknownVersion
             ``version`` is not held.
         """
+        return _version_from_hash(model_id, self._read(model_id, version, self._r.hgetall))
+
+    def metadata(self, model_id: str, version: int | None = None) -> VersionMetadata:
+        """Metadata of a version (default: current), reading only its ``meta`` field.
+
+        Raises as :meth:`get` does. Cheap enough for the metrics' periodic refresh, which
+        must not move every model's coefficients out of Redis.
+        """
+        raw = self._read(model_id, version, lambda key: self._r.hget(key, "meta"))
+        return VersionMetadata.model_validate_json(raw)
+
+    def _read(self, model_id: str, version: int | None, read: Callable[[str], Any]) -> Any:
+        """``read(key)`` of a version's hash (default: current's), as :meth:`get` raises."""
         if version is not None:
-            fields: Any = self._r.hgetall(self._keys.version(model_id, version))
-            if not fields:
+            found = read(self._keys.version(model_id, version))
+            if not found:
                 if not self.current_version(model_id):
                     raise UnknownModel(model_id)
                 raise UnknownVersion(model_id, version)
-            return _version_from_hash(model_id, fields)
+            return found
         while True:
             current = self.current_version(model_id)
             if current == 0:
                 raise UnknownModel(model_id)
-            fields = self._r.hgetall(self._keys.version(model_id, current))
-            if fields:
-                return _version_from_hash(model_id, fields)
+            found = read(self._keys.version(model_id, current))
+            if found:
+                return found
             # retired between the two reads: current has moved on, read it again
-
-    def metadata(self, model_id: str, version: int | None = None) -> VersionMetadata:
-        """Metadata of a version (default: current) without its coefficients."""
-        return self.get(model_id, version).metadata
 
     def history(self, model_id: str, limit: int | None = None) -> list[VersionMetadata]:
         """Metadata of the kept versions, newest first."""
