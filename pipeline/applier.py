@@ -339,6 +339,16 @@ class Applier:
         loaded.held.update(plan.added)
         loaded.version, loaded.seq = result.version, new_seq
         loaded.extra = dict(result.metadata.extra)
+        log.info(
+            "model %r v%d (seq %d): %d records erased, %d stored, %d requests, %d replays",
+            model_id,
+            result.version,
+            new_seq,
+            len(result.erased),
+            len(result.added),
+            len(plan.requests),
+            plan.skipped,
+        )
 
         out = Outcome(
             model_id,

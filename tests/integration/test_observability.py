@@ -174,14 +174,21 @@ def test_dashboard_and_alerts_evaluate_on_live_data(observed) -> None:
         30,
         "the current version scraped",
     )
-    held = {r for r in pipe.store.records.ids(MODEL) if r.startswith("new")}
-    dead = prom.query("unlearn_events_dead_lettered_total")["data"]["result"]
-    assert len(held) == 20, (
-        f"{sorted(held)}; on the records topic: {records_topic(pipe)}; "
-        f"dead letters {[(d['metric'], d['value'][1]) for d in dead]}; "
-        f"learned {value(prom, 'sum(unlearn_records_learned_total)')}\n"
-        f"worker log:\n{pipe.log('worker')[-6000:]}"
-    )
+
+    # the records agent runs independently of the deletions: its batch may come after
+    def held() -> set[str]:
+        return {r for r in pipe.store.records.ids(MODEL) if r.startswith("new")}
+
+    try:
+        pipe.wait_for(lambda: len(held()) == 20, 60, "the 20 new records stored in Redis")
+    except AssertionError as exc:
+        dead = prom.query("unlearn_events_dead_lettered_total")["data"]["result"]
+        raise AssertionError(
+            f"{exc}: {sorted(held())}; on the records topic: {records_topic(pipe)}; "
+            f"dead letters {[(d['metric'], d['value'][1]) for d in dead]}; "
+            f"learned {value(prom, 'sum(unlearn_records_learned_total)')}\n"
+            f"worker log:\n{pipe.log('worker')[-6000:]}"
+        ) from None
     try:
         pipe.wait_for(
             lambda: value(prom, "sum(unlearn_records_learned_total)") == 20,
