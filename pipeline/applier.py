@@ -136,7 +136,7 @@ class _Loaded:
     engine: Engine
     version: int
     seq: int
-    held: set[str]
+    held: dict[str, str]  # record id -> subject id, of every record the version holds
     extra: dict[str, Any]
     holdout: Holdout | None
     # features of records erased while a retrain is in flight: (seq, id, features, label)
@@ -153,6 +153,8 @@ class _Plan:
     erased_pending: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)
+    received: dict[str, datetime] = field(default_factory=dict)
+    subject_records: dict[str, set[str]] = field(default_factory=dict)
     subjects: set[str] = field(default_factory=set)
     rejected: list[Rejected[Any]] = field(default_factory=list)
     skipped: int = 0
@@ -215,6 +217,11 @@ class Applier:
             Receipts written and events rejected while routing.
         """
         registry = set(self.store.models.models())
+        subject_models = self.store.records.models_for_subjects(
+            op.request.subject_id
+            for op in forgets
+            if op.request.model_ids is None and op.request.subject_id is not None
+        )
         by_model: dict[str, list[Forget]] = {}
         outcome = Outcome(model_id="*")
         for op in forgets:
@@ -235,7 +242,7 @@ class Applier:
                     continue
                 targets = known
             else:
-                targets = sorted(self._holders(req, registry))
+                targets = sorted(self._holders(req, registry, subject_models))
                 if not targets:
                     for model_id in sorted(registry):
                         version = self.store.models.current_version(model_id) or None
@@ -270,10 +277,12 @@ class Applier:
             receipt = self.store.receipts.close(request_id, model_id, status, **fields)
         outcome.receipts.append(receipt)
 
-    def _holders(self, req: DeletionRequested, registry: set[str]) -> set[str]:
+    def _holders(
+        self, req: DeletionRequested, registry: set[str], subject_models: dict[str, set[str]]
+    ) -> set[str]:
         models: set[str] = set()
         if req.subject_id is not None:
-            models |= self.store.records.models_for_subject(req.subject_id) & registry
+            models |= subject_models.get(req.subject_id, set()) & registry
         if req.record_ids:
             client: Any = self.store.client
             pipe = client.pipeline(transaction=False)
@@ -335,8 +344,9 @@ class Applier:
         for rec in erased_features:
             if rec is not None:
                 loaded.retained.append((new_seq, rec.record_id, rec.features, rec.label))
-        loaded.held.difference_update(plan.removed)
-        loaded.held.update(plan.added)
+        for rid in plan.removed:
+            loaded.held.pop(rid, None)
+        loaded.held.update((rid, rec.subject_id) for rid, rec in plan.added.items())
         loaded.version, loaded.seq = result.version, new_seq
         loaded.extra = dict(result.metadata.extra)
         log.info(
@@ -367,11 +377,12 @@ class Applier:
     def _plan(self, model_id: str, loaded: _Loaded, ops: list[Op]) -> _Plan:
         plan = _Plan()
         forgets = [op.request for op in ops if isinstance(op, Forget)]
-        now = _now()
-        receipts = self.store.receipts.received_many(
-            model_id, [(r.request_id, min(r.ts, now)) for r in forgets]
-        )
+        request_ids = [r.request_id for r in forgets]
+        stored = self.store.receipts.get_many(request_ids, model_id)
+        receipts = {rid: rcpt for rid, rcpt in zip(request_ids, stored, strict=True) if rcpt}
         final = {rid for rid, rcpt in receipts.items() if rcpt.status.final}
+        subjects = {r.subject_id for r in forgets if r.subject_id is not None}
+        plan.subject_records = self.store.records.subject_record_ids_many(model_id, subjects)
         learns = [op.event.event_id for op in ops if isinstance(op, Learn)]
         seen = self._seen_events(model_id, learns)
         batch_events: set[str] = set()
@@ -399,19 +410,20 @@ class Applier:
                 if req.request_id in final:  # announce it again: the last announcement
                     plan.announce[req.request_id] = receipts[req.request_id]  # may be lost
                 continue
-            plan.requests[req.request_id] = self._resolve(model_id, loaded, plan, req)
+            plan.requests[req.request_id] = self._resolve(loaded, plan, req)
+            plan.received[req.request_id] = req.ts
             if req.subject_id is not None:
                 plan.subjects.add(req.subject_id)
         return plan
 
-    def _resolve(self, model_id: str, loaded: _Loaded, plan: _Plan, req: DeletionRequested) -> int:
+    def _resolve(self, loaded: _Loaded, plan: _Plan, req: DeletionRequested) -> int:
         """Mark a request's records for removal; return how many it removes."""
         n = 0
         stored: list[str] = []
         pending: list[str] = []
         if req.subject_id is not None:
             subject = req.subject_id
-            stored = sorted(self.store.records.subject_record_ids(model_id, subject))
+            stored = sorted(plan.subject_records.get(subject, ()))
             stored = [r for r in stored if r in loaded.held and r not in plan.removed]
             pending = [r for r, rec in plan.added.items() if rec.subject_id == subject]
         for rid in pending:
@@ -470,18 +482,15 @@ class Applier:
             rejected=plan.rejected,
             skipped=plan.skipped,
         )
-        for request_id in plan.requests:
-            out.receipts.append(
-                self.store.receipts.close(
-                    request_id,
-                    model_id,
-                    ReceiptStatus.ALREADY_ABSENT,
-                    version=loaded.version,
-                    method="none",
-                    certificate=float(loaded.engine.certificate_),
-                    budget=float(loaded.engine.budget_),
-                )
-            )
+        out.receipts += self.store.receipts.close_many(
+            model_id,
+            plan.received,
+            ReceiptStatus.ALREADY_ABSENT,
+            version=loaded.version,
+            method="none",
+            certificate=float(loaded.engine.certificate_),
+            budget=float(loaded.engine.budget_),
+        )
         return out
 
     def _publish_batch(
@@ -503,10 +512,11 @@ class Applier:
         pub.set_model(
             engine_spec(engine, method=method, seq=new_seq, holdout_metrics=metrics, extra=extra)
         )
-        pub.add_records(plan.added.values()).erase_records(plan.removed)
+        pub.add_records(plan.added.values())
+        pub.erase_records(plan.removed, {r: loaded.held[r] for r in plan.removed})
         for request_id, n in plan.requests.items():
             status = ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT
-            pub.receipt(request_id, status, n_records=n)
+            pub.receipt(request_id, status, n_records=n, received_at=plan.received[request_id])
         pub.mark_events(plan.events).applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
         if new_holdout is not None:
@@ -561,7 +571,7 @@ class Applier:
             engine=engine,
             version=snapshot.version,
             seq=meta.seq,
-            held={r.record_id for r in snapshot.records},
+            held={r.record_id: r.subject_id for r in snapshot.records},
             extra=dict(meta.extra),
             holdout=load_holdout(self.store, model_id),
         )

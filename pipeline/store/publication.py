@@ -38,9 +38,10 @@ from pipeline.faults import crash_point
 from pipeline.store.checkpoints import stage_checkpoint
 from pipeline.store.codec import StateValue, encode_array, encode_state
 from pipeline.store.keys import KeySpace
-from pipeline.store.receipts import next_receipt, stage_receipt
+from pipeline.store.receipts import index_requests, next_receipt, stage_receipts
 from pipeline.store.records import (
     StoredRecord,
+    index_subjects,
     prune_subject_index,
     read_subjects,
     stage_add,
@@ -153,8 +154,9 @@ class Publication:
         self._spec: ModelSpec | None = None
         self._adds: dict[str, StoredRecord] = {}
         self._erase_ids: list[str] = []
+        self._known_subjects: dict[str, str] = {}
         self._erase_subjects: list[str] = []
-        self._receipts: dict[str, tuple[ReceiptStatus, str | None, int]] = {}
+        self._receipts: dict[str, tuple[ReceiptStatus, str | None, int, datetime | None]] = {}
         self._seq: int | None = None
         self._state: dict[str, bytes] | None = None
         self._keep_older: bool = False
@@ -177,9 +179,17 @@ class Publication:
             self._adds[rec.record_id] = rec
         return self
 
-    def erase_records(self, record_ids: Iterable[str]) -> Publication:
-        """Erase records' features and index entries (absent ids are reported)."""
+    def erase_records(
+        self, record_ids: Iterable[str], subjects: Mapping[str, str] | None = None
+    ) -> Publication:
+        """Erase records' features and index entries (absent ids are reported).
+
+        ``subjects`` (record id -> subject id), when the writer knows them, saves reading
+        each record's subject; whether a record is held is checked either way.
+        """
         self._erase_ids.extend(record_ids)
+        if subjects:
+            self._known_subjects.update(subjects)
         return self
 
     def erase_subject(self, subject_id: str) -> Publication:
@@ -194,12 +204,19 @@ class Publication:
         *,
         reason: str | None = None,
         n_records: int = 0,
+        received_at: datetime | None = None,
     ) -> Publication:
         """Write a receipt pointing at the new version (a final receipt is kept).
 
-        ``n_records`` is how many of the request's records this version erased.
+        ``n_records`` is how many of the request's records this version erased;
+        ``received_at`` when the request arrived, if no receipt of it is stored yet.
         """
-        self._receipts[request_id] = (ReceiptStatus(status), reason, int(n_records))
+        self._receipts[request_id] = (
+            ReceiptStatus(status),
+            reason,
+            int(n_records),
+            received_at,
+        )
         return self
 
     def applied_seq(self, seq: int) -> Publication:
@@ -255,8 +272,8 @@ class Publication:
             raise InvalidInput(msg)
         keys, model_id = self._keys, self.model_id
         self._r.sadd(keys.model_index(), model_id)
-        for subject_id in {rec.subject_id for rec in self._adds.values()}:
-            self._r.sadd(keys.subject_models(subject_id), model_id)
+        index_subjects(self._r, keys, model_id, (rec.subject_id for rec in self._adds.values()))
+        index_requests(self._r, keys, model_id, self._receipts)
         current_key = keys.current(model_id)
         with self._r.pipeline(transaction=True) as pipe:
             for _ in range(_MAX_RETRIES):
@@ -278,8 +295,7 @@ class Publication:
                 raise InvalidInput(msg)
         self._committed = True
         prune_subject_index(self._r, keys, model_id, plan.erase.values())
-        for subject_id in {rec.subject_id for rec in plan.added}:
-            self._r.sadd(keys.subject_models(subject_id), model_id)
+        index_subjects(self._r, keys, model_id, (rec.subject_id for rec in plan.added))
         return PublishResult(
             metadata=plan.metadata,
             added=[r.record_id for r in plan.added],
@@ -310,7 +326,7 @@ class Publication:
         for subject_id in self._erase_subjects:
             members = pipe.smembers(keys.subject_records(model_id, subject_id))
             ids.extend(sorted(m.decode() for m in members if m.decode() not in ids))
-        subjects = read_subjects(pipe, keys, model_id, ids)
+        subjects = self._subjects(pipe, ids)
         erase = {rid: s for rid, s in zip(ids, subjects, strict=True) if s is not None}
         absent = [rid for rid, s in zip(ids, subjects, strict=True) if s is None]
 
@@ -343,7 +359,7 @@ class Publication:
         # one round trip for every receipt (the keys share the model's hash tag)
         stored = pipe.mget([keys.receipt(model_id, r) for r in request_ids]) if request_ids else []
         for request_id, raw in zip(request_ids, stored, strict=True):
-            status, reason, n_erased = self._receipts[request_id]
+            status, reason, n_erased, received_at = self._receipts[request_id]
             existing = None if raw is None else Receipt.model_validate_json(raw)
             if existing is not None and existing.status.final:
                 kept.append(existing)
@@ -356,6 +372,7 @@ class Publication:
                     status=status,
                     deadline=self._deadline,
                     now=now,
+                    received_at=None if received_at is None else min(received_at, now),
                     reason=reason,
                     version=version,
                     method=spec.method,
@@ -386,6 +403,14 @@ class Publication:
             drop_checkpoints=[v for v in drop_checkpoints if v != version],
         )
 
+    def _subjects(self, pipe: Any, ids: list[str]) -> list[str | None]:
+        """Subject of each record to erase, ``None`` for records the model does not hold."""
+        known = self._known_subjects
+        if not ids or not all(rid in known for rid in ids):
+            return list(read_subjects(pipe, self._keys, self.model_id, ids))
+        held = pipe.smismember(self._keys.records(self.model_id), ids)
+        return [known[rid] if has else None for rid, has in zip(ids, held, strict=True)]
+
     def _stage(self, pipe: Any, plan: _Plan) -> None:
         """Queue every write of the plan inside MULTI."""
         keys, model_id, meta = self._keys, self.model_id, plan.metadata
@@ -412,8 +437,7 @@ class Publication:
             pipe.hset(keys.holdout(model_id), mapping=self._holdout)
         if self._retrain_done:
             pipe.delete(keys.retrain_inflight(model_id), keys.retrain_result(model_id))
-        for receipt in plan.receipts:
-            stage_receipt(pipe, keys, receipt)
+        stage_receipts(pipe, keys, plan.receipts)
         if self._state is not None:
             stage_checkpoint(pipe, keys, model_id, version, self._state, drop=plan.drop_checkpoints)
         for old in plan.drop_versions:

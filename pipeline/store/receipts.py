@@ -25,7 +25,13 @@ from pipeline.errors import InvalidInput
 from pipeline.events import Receipt, ReceiptStatus
 from pipeline.store.keys import KeySpace
 
-__all__ = ["DEFAULT_LEGAL_DEADLINE", "ReceiptStore", "next_receipt", "stage_receipt"]
+__all__ = [
+    "DEFAULT_LEGAL_DEADLINE",
+    "ReceiptStore",
+    "index_requests",
+    "next_receipt",
+    "stage_receipts",
+]
 
 DEFAULT_LEGAL_DEADLINE = timedelta(days=30)
 
@@ -42,6 +48,7 @@ def next_receipt(
     status: ReceiptStatus,
     deadline: timedelta,
     now: datetime | None = None,
+    received_at: datetime | None = None,
     **outcome: Any,
 ) -> Receipt:
     """The receipt after a status change (``received_at`` and ``due_at`` are kept).
@@ -50,11 +57,14 @@ def next_receipt(
     ----------
     existing : Receipt or None
         The stored receipt, if any; a final one must not be passed (check ``final``).
+    received_at : datetime, optional
+        When the request arrived, for a receipt with no stored predecessor (default
+        ``now``); the legal deadline runs from it.
     outcome
         ``version``, ``method``, ``certificate``, ``budget``, ``n_records``, ``reason``.
     """
     now = now or _now()
-    received = existing.received_at if existing else now
+    received = existing.received_at if existing else (received_at or now)
     return Receipt(
         event_id=f"rcpt:{model_id}:{request_id}:{status.value}",
         request_id=request_id,
@@ -68,15 +78,40 @@ def next_receipt(
     )
 
 
-def stage_receipt(pipe: Any, keys: KeySpace, receipt: Receipt) -> None:
-    """Queue the write of ``receipt`` and its pending-set entry inside a MULTI."""
-    key = keys.receipt(receipt.model_id, receipt.request_id)
-    pipe.set(key, receipt.model_dump_json(by_alias=True))
-    pending = keys.pending(receipt.model_id)
-    if receipt.status.final:
-        pipe.zrem(pending, receipt.request_id)
-    else:
-        pipe.zadd(pending, {receipt.request_id: receipt.received_at.timestamp()})
+def stage_receipts(pipe: Any, keys: KeySpace, receipts: Iterable[Receipt]) -> None:
+    """Queue the writes of receipts (one model's) and their pending-set entries in a MULTI.
+
+    One ``MSET`` and at most one ``ZREM`` and one ``ZADD`` per model, whatever the count.
+    """
+    by_model: dict[str, list[Receipt]] = {}
+    for receipt in receipts:
+        by_model.setdefault(receipt.model_id, []).append(receipt)
+    for model_id, batch in by_model.items():
+        pipe.mset(
+            {keys.receipt(model_id, r.request_id): r.model_dump_json(by_alias=True) for r in batch}
+        )
+        pending = keys.pending(model_id)
+        closed = [r.request_id for r in batch if r.status.final]
+        if closed:
+            pipe.zrem(pending, *closed)
+        opened = {r.request_id: r.received_at.timestamp() for r in batch if not r.status.final}
+        if opened:
+            pipe.zadd(pending, opened)
+
+
+def index_requests(client: Any, keys: KeySpace, model_id: str, request_ids: Iterable[str]) -> None:
+    """Add ``model_id`` to the request -> models index of each request (one round trip).
+
+    The index spans models (its own hash slot), so it is written before the model's
+    transaction: a superset is harmless, a receipt with no index entry would be lost.
+    """
+    ids = list(dict.fromkeys(request_ids))
+    if not ids:
+        return
+    pipe = client.pipeline(transaction=False)
+    for request_id in ids:
+        pipe.sadd(keys.request_models(request_id), model_id)
+    pipe.execute()
 
 
 def _parse(raw: Any) -> Receipt | None:
@@ -129,42 +164,6 @@ class ReceiptStore:
             out.append(self._open(fresh))
         return out
 
-    def received_many(
-        self, model_id: str, requests: Iterable[tuple[str, datetime]]
-    ) -> dict[str, Receipt]:
-        """Open ``received`` receipts of many requests for one model, in two round trips.
-
-        ``requests`` are ``(request_id, received_at)`` pairs. Existing receipts are kept
-        (a replay). Meant for the model's single writer: the read and the writes are not
-        one transaction.
-
-        Returns
-        -------
-        dict of str to Receipt
-            The stored receipt of each request (existing or new).
-        """
-        wanted = dict(requests)
-        ids = list(wanted)
-        out: dict[str, Receipt] = {}
-        pipe = self._r.pipeline(transaction=False)
-        for request_id, existing in zip(ids, self.get_many(ids, model_id), strict=True):
-            if existing is not None:
-                out[request_id] = existing
-                continue
-            fresh = next_receipt(
-                None,
-                request_id=request_id,
-                model_id=model_id,
-                status=ReceiptStatus.RECEIVED,
-                deadline=self.legal_deadline,
-                now=wanted[request_id],
-            )
-            pipe.sadd(self._keys.request_models(request_id), model_id)
-            stage_receipt(pipe, self._keys, fresh)
-            out[request_id] = fresh
-        pipe.execute()
-        return out
-
     def _open(self, fresh: Receipt) -> Receipt:
         key = self._keys.receipt(fresh.model_id, fresh.request_id)
         with self._r.pipeline(transaction=True) as pipe:
@@ -175,7 +174,7 @@ class ReceiptStore:
                     if existing is not None:
                         return existing
                     pipe.multi()
-                    stage_receipt(pipe, self._keys, fresh)
+                    stage_receipts(pipe, self._keys, [fresh])
                     pipe.execute()
                     return fresh
                 except redis.WatchError:
@@ -196,30 +195,59 @@ class ReceiptStore:
         For outcomes that change no model, e.g. ``already_absent`` with ``version`` set to
         the current version, which already does not hold the records.
         """
+        written = self.close_many(model_id, {request_id: _now()}, status, **outcome)
+        if written:
+            return written[0]
+        kept = self.get_one(request_id, model_id)  # final already: kept as it was
+        assert kept is not None
+        return kept
+
+    def close_many(
+        self,
+        model_id: str,
+        requests: dict[str, datetime],
+        status: ReceiptStatus,
+        **outcome: Any,
+    ) -> list[Receipt]:
+        """:meth:`close` many requests of one model in one transaction.
+
+        ``requests`` maps request ids to when they were received (used when no receipt
+        is stored yet). Final receipts are kept; returns the receipts written.
+        """
         if not ReceiptStatus(status).final:
-            msg = f"close() takes a final status, got {status!r}"
+            msg = f"closing a receipt takes a final status, got {status!r}"
             raise InvalidInput(msg)
-        self._r.sadd(self._keys.request_models(request_id), model_id)
-        key = self._keys.receipt(model_id, request_id)
+        ids = list(requests)
+        if not ids:
+            return []
+        index_requests(self._r, self._keys, model_id, ids)
+        keys = [self._keys.receipt(model_id, rid) for rid in ids]
         with self._r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key)
-                    existing = _parse(pipe.get(key))
-                    if existing is not None and existing.status.final:
-                        return existing
-                    receipt = next_receipt(
-                        existing,
-                        request_id=request_id,
-                        model_id=model_id,
-                        status=ReceiptStatus(status),
-                        deadline=self.legal_deadline,
-                        **outcome,
-                    )
+                    pipe.watch(*keys)
+                    now = _now()
+                    written = []
+                    for rid, raw in zip(ids, pipe.mget(keys), strict=True):
+                        existing = _parse(raw)
+                        if existing is not None and existing.status.final:
+                            continue
+                        written.append(
+                            next_receipt(
+                                existing,
+                                request_id=rid,
+                                model_id=model_id,
+                                status=ReceiptStatus(status),
+                                deadline=self.legal_deadline,
+                                now=now,
+                                received_at=min(requests[rid], now),
+                                **outcome,
+                            )
+                        )
                     pipe.multi()
-                    stage_receipt(pipe, self._keys, receipt)
+                    stage_receipts(pipe, self._keys, written)
                     pipe.execute()
-                    return receipt
+                    return written
                 except redis.WatchError:
                     continue
 

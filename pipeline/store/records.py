@@ -85,20 +85,50 @@ def _ids(values: Iterable[bytes | str]) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
+def _by_subject(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for record_id, subject_id in pairs:
+        groups.setdefault(subject_id, []).append(record_id)
+    return groups
+
+
 def stage_add(pipe: Any, keys: KeySpace, model_id: str, records: Sequence[StoredRecord]) -> None:
-    """Queue the writes that add ``records`` (all new) inside a MULTI."""
+    """Queue the writes that add ``records`` (all new) inside a MULTI.
+
+    One ``HSET`` per record, then one variadic ``SADD`` per set touched: a batch costs
+    about one command per record, not three.
+    """
+    if not records:
+        return
     for rec in records:
         pipe.hset(keys.record(model_id, rec.record_id), mapping=rec.to_fields())
-        pipe.sadd(keys.records(model_id), rec.record_id)
-        pipe.sadd(keys.subject_records(model_id, rec.subject_id), rec.record_id)
+    pipe.sadd(keys.records(model_id), *(rec.record_id for rec in records))
+    for subject_id, ids in _by_subject((r.record_id, r.subject_id) for r in records).items():
+        pipe.sadd(keys.subject_records(model_id, subject_id), *ids)
 
 
 def stage_erase(pipe: Any, keys: KeySpace, model_id: str, subjects: dict[str, str]) -> None:
-    """Queue the writes that erase records (``record id -> subject id``) inside a MULTI."""
-    for record_id, subject_id in subjects.items():
-        pipe.delete(keys.record(model_id, record_id))
-        pipe.srem(keys.records(model_id), record_id)
-        pipe.srem(keys.subject_records(model_id, subject_id), record_id)
+    """Queue the writes that erase records (``record id -> subject id``) inside a MULTI.
+
+    Variadic ``DEL`` and ``SREM``: a constant number of commands plus one per subject.
+    """
+    if not subjects:
+        return
+    pipe.delete(*(keys.record(model_id, record_id) for record_id in subjects))
+    pipe.srem(keys.records(model_id), *subjects)
+    for subject_id, ids in _by_subject(subjects.items()).items():
+        pipe.srem(keys.subject_records(model_id, subject_id), *ids)
+
+
+def index_subjects(client: Any, keys: KeySpace, model_id: str, subject_ids: Iterable[str]) -> None:
+    """Add ``model_id`` to the subject -> models index of each subject (one round trip)."""
+    subjects = sorted(set(subject_ids))
+    if not subjects:
+        return
+    pipe = client.pipeline(transaction=False)
+    for subject_id in subjects:
+        pipe.sadd(keys.subject_models(subject_id), model_id)
+    pipe.execute()
 
 
 def read_subjects(client: Any, keys: KeySpace, model_id: str, ids: Sequence[str]) -> list[Any]:
@@ -170,8 +200,7 @@ class RecordStore:
         return [rec.record_id for rec in new]
 
     def _index_subjects(self, model_id: str, records: Sequence[StoredRecord]) -> None:
-        for subject_id in {rec.subject_id for rec in records}:
-            self._r.sadd(self._keys.subject_models(subject_id), model_id)
+        index_subjects(self._r, self._keys, model_id, (rec.subject_id for rec in records))
 
     def get(self, model_id: str, record_id: str) -> StoredRecord | None:
         """One record, or ``None`` if the model does not hold it."""
@@ -197,12 +226,31 @@ class RecordStore:
 
     def subject_record_ids(self, model_id: str, subject_id: str) -> set[str]:
         """Record ids of one subject in one model."""
-        members = self._r.smembers(self._keys.subject_records(model_id, subject_id))
-        return set(_ids(members))
+        return self.subject_record_ids_many(model_id, [subject_id])[subject_id]
+
+    def subject_record_ids_many(
+        self, model_id: str, subject_ids: Iterable[str]
+    ) -> dict[str, set[str]]:
+        """Record ids of several subjects in one model, in one round trip."""
+        subjects = list(dict.fromkeys(subject_ids))
+        pipe = self._r.pipeline(transaction=False)
+        for subject_id in subjects:
+            pipe.smembers(self._keys.subject_records(model_id, subject_id))
+        found = pipe.execute() if subjects else []
+        return {s: set(_ids(m)) for s, m in zip(subjects, found, strict=True)}
 
     def models_for_subject(self, subject_id: str) -> set[str]:
         """Models that may hold the subject's records (a superset; check each model)."""
-        return set(_ids(self._r.smembers(self._keys.subject_models(subject_id))))
+        return self.models_for_subjects([subject_id])[subject_id]
+
+    def models_for_subjects(self, subject_ids: Iterable[str]) -> dict[str, set[str]]:
+        """:meth:`models_for_subject` of several subjects, in one round trip."""
+        subjects = list(dict.fromkeys(subject_ids))
+        pipe = self._r.pipeline(transaction=False)
+        for subject_id in subjects:
+            pipe.smembers(self._keys.subject_models(subject_id))
+        found = pipe.execute() if subjects else []
+        return {s: set(_ids(m)) for s, m in zip(subjects, found, strict=True)}
 
     def scan(self, model_id: str, batch: int = 500) -> Iterator[StoredRecord]:
         """Iterate over the model's records (not a snapshot: use for retraining reads)."""
