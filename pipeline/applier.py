@@ -110,6 +110,10 @@ class Outcome:
         Events refused for this model (dead letters).
     retrain : RetrainRequested or None
         A retrain trigger that fired.
+    held_back : (reason, why) or None
+        The policy fired but no request was sent: ``why`` is ``"coalesced"`` (a retrain
+        is in flight) or ``"rate_limited"`` (this model triggered less than
+        ``retrigger_after`` ago; a later batch asks again).
     completed : RetrainCompleted or None
         Set when this outcome published a merged retrain.
     reports : list of UpdateReport
@@ -127,6 +131,7 @@ class Outcome:
     completed: RetrainCompleted | None = None
     reports: list[UpdateReport] = field(default_factory=list)
     skipped: int = 0
+    held_back: tuple[str, str] | None = None
 
 
 @dataclass
@@ -372,6 +377,8 @@ class Applier:
         reason = self.policy.decide(health)
         if reason is not None and not in_flight:
             out.retrain = self._trigger(model_id, reason, new_seq)
+        if reason is not None and out.retrain is None:
+            out.held_back = (reason, "coalesced" if in_flight else "rate_limited")
         return out
 
     def _plan(self, model_id: str, loaded: _Loaded, ops: list[Op]) -> _Plan:
@@ -709,6 +716,12 @@ def _certified(engine: Engine, model_id: str) -> list[UpdateReport]:
     void the guarantee of every earlier deletion, so it is never published. Normally the
     policy asks the retrainer well before (``retrain_recommended`` looks one batch ahead);
     this catches a batch that overshoots at once, such as records far from the data.
+
+    One refit is not always enough: with poisoned records (features far from the data,
+    labels flipped) the engine's Newton loop can stop while the gradient residual is still
+    thousands of times the budget (tests/reliability/test_abuse.py); each further warm
+    refit goes on from there, so refit until the certificate is within the budget (at most
+    ``_MAX_REFITS`` times, then publish what the certificate says, logged as an error).
     """
     budget = float(getattr(engine, "budget_", 0.0) or 0.0)
     certificate = float(getattr(engine, "certificate_", 0.0) or 0.0)
@@ -721,7 +734,21 @@ def _certified(engine: Engine, model_id: str) -> list[UpdateReport]:
         certificate,
         budget,
     )
-    return [engine.refit()]
+    reports = [engine.refit()]
+    while float(engine.certificate_) > budget and len(reports) < _MAX_REFITS:
+        reports.append(engine.refit())
+    if float(engine.certificate_) > budget:
+        log.error(
+            "model %r: certificate %.3g still over the budget %.3g after %d refits",
+            model_id,
+            float(engine.certificate_),
+            budget,
+            len(reports),
+        )
+    return reports
+
+
+_MAX_REFITS = 20
 
 
 def _json_ids(state: dict[str, Any]) -> list[Any]:

@@ -4,7 +4,8 @@ Every process (worker, retrainer, CLI, test) builds one :class:`Settings` and pa
 down explicitly. Secrets are :class:`~pydantic.SecretStr`, so they never appear in a
 ``repr``, a log line or an error message; :meth:`Settings.kafka_config` and
 :meth:`Settings.redis_kwargs` are the only places that reveal them, to the client
-libraries.
+libraries. A password written into ``UNLEARN_REDIS_URL`` (``redis://user:pw@host``) is
+masked in the ``repr`` and ``str`` of :class:`Settings` (:func:`redact_url`).
 
 :func:`resolve_services` decides where Kafka and Redis live:
 
@@ -25,17 +26,32 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
 
-__all__ = ["ResolvedServices", "Settings", "load_settings", "resolve_services"]
+__all__ = ["ResolvedServices", "Settings", "load_settings", "redact_url", "resolve_services"]
 
 log = logging.getLogger(__name__)
 
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (``scheme://user:PASSWORD@host``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not parseable as a URL: show nothing of it
+        return "<unparseable URL>"
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class Settings(BaseSettings):
@@ -79,7 +95,9 @@ class Settings(BaseSettings):
     retrain_cron : str or None
         Cron expression for scheduled retrains (``"0 3 * * *"``); none by default.
     retrain_min_interval : float
-        Seconds between two retrains of one model (triggers in between are absorbed).
+        Seconds between two retrain starts of one model: a trigger in between is held
+        back (the worker asks again on a later batch; the retrainer defers a request until
+        the interval has passed); ``operator`` requests skip it.
     retrain_timeout : float
         A retrain not handed back within this many seconds is abandoned.
     retrain_hold_seconds : float
@@ -139,6 +157,12 @@ class Settings(BaseSettings):
             )
             raise ValueError(msg)
         return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
 
     @property
     def legal_deadline(self) -> timedelta:
@@ -221,7 +245,7 @@ class ResolvedServices:
     """
 
     kafka_bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password
     embedded: bool
     pids: tuple[int, ...] = field(default=())
 

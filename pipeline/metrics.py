@@ -26,12 +26,13 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import Metric
 
 from pipeline.errors import PipelineError
+from pipeline.policy import RetrainReason
 
 if TYPE_CHECKING:
     from pipeline.store import Store
@@ -115,11 +116,21 @@ class Metrics:
         )  # fmt: skip
         self.retrain_triggers = Counter(
             "unlearn_retrain_triggers",
-            "Retrain decisions by reason and outcome "
-            "(requested, started, absorbed, merged, discarded).",
+            "Retrain decisions by reason and outcome: requested, started, merged, discarded; "
+            "coalesced (absorbed by a retrain in flight, or by a request already waiting) and "
+            "rate_limited (within UNLEARN_RETRAIN_MIN_INTERVAL of the last one: the worker "
+            "asks again on a later batch, the retrainer defers the request).",
             ["reason", "outcome"],
             registry=r,
         )
+        # every series exists from the start (at 0), so that increase() and rate() count
+        # the first trigger too: a series born at 1 hides its first increment
+        for reason in get_args(RetrainReason):
+            self.retrains.labels(reason)
+            for outcome in ("requested", "started", "coalesced", "rate_limited"):
+                self.retrain_triggers.labels(reason, outcome)
+        for outcome in ("merged", "discarded"):
+            self.retrain_triggers.labels("merge", outcome)
         self.retrain_seconds = Histogram(
             "unlearn_retrain_seconds",
             "Duration of a full refit.",

@@ -4,7 +4,9 @@ The retrainer is a separate process. For a ``RetrainRequested`` it
 
 1. claims the model (:meth:`Retraining.try_start`): an in-flight marker set with
    ``SET NX`` and a time-to-live coalesces triggers (one retrain in flight per model
-   absorbs the others) and a per-model start time rate-limits them;
+   absorbs the others) and a per-model start time rate-limits them (the retrainer process
+   defers a rate-limited request until :meth:`Retraining.rate_limit_lifts`, keeping one
+   per model, so that a trigger is delayed, never lost);
 2. takes a consistent snapshot (:meth:`Retraining.snapshot`): the current version's engine
    checkpoint, its applied sequence number S and its records, read under ``WATCH`` of the
    ``current`` alias, so that they all belong to the same version;
@@ -128,6 +130,11 @@ class Retraining:
             return "in_flight"
         self._r.set(self._keys.retrain_last(model_id), str(time.time()))
         return None
+
+    def rate_limit_lifts(self, model_id: str) -> float:
+        """Unix time from which a non-operator retrain of the model may start again."""
+        last = self._r.get(self._keys.retrain_last(model_id))
+        return time.time() if last is None else float(last) + self.min_interval
 
     def in_flight(self, model_id: str) -> dict[str, Any] | None:
         """The in-flight marker of the model (reason, start time, progress), or ``None``."""

@@ -212,6 +212,8 @@ def build_app(
                     await send(topics.retrain, outcome.model_id, encode_event(event))
             if outcome.retrain is not None:
                 metrics.retrain_triggers.labels(outcome.retrain.reason, "requested").inc()
+            if outcome.held_back is not None:  # the policy fired, no request was sent
+                metrics.retrain_triggers.labels(*outcome.held_back).inc()
         for rej in all_rejected:
             msg = rej.message
             log.warning("dead letter from %s: %s (%s)", msg.where, rej.error, rej.reason)

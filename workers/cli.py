@@ -112,6 +112,7 @@ def worker(
             client_config=settings.kafka_config(),
         )
         faust_app, runtime = build_app(settings, found.kafka_bootstrap, found.redis_url)
+        runtime.store.client.ping()  # wrong credentials: one line and exit now, not in faust
         runtime.metrics_port = runtime.metrics.serve(settings.metrics_port, settings.metrics_addr)
         errors.print(f"metrics: http://127.0.0.1:{runtime.metrics_port}/metrics")
         Worker(
@@ -517,12 +518,45 @@ def bench_pipeline(
     _print_results(results, as_json)
 
 
+def _redis_problem(exc: Exception) -> str | None:
+    """One line for a Redis access error (never the password), or None if it is not one."""
+    import redis
+
+    from pipeline.config import redact_url
+
+    try:
+        url = load_settings().redis_url
+    except PipelineError:
+        url = None
+    where = f"Redis at {redact_url(url)}" if url else "Redis"
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return (
+            f"{where}: authentication failed ({exc}); set UNLEARN_REDIS_USERNAME and "
+            "UNLEARN_REDIS_PASSWORD (or user:password in UNLEARN_REDIS_URL) to an enabled "
+            "Redis user"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (
+            f"{where}: permission denied ({exc}); the Redis user needs the pipeline's "
+            "commands on keys and channels ~UNLEARN_KEY_NAMESPACE:* (docs/reliability.md)"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return f"cannot reach {where}: {exc}; check UNLEARN_REDIS_URL"
+    return None
+
+
 def main() -> None:
     """Console entry point: run the app, turning project errors into one clear line."""
     try:
         app()
     except PipelineError as exc:
         errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        problem = _redis_problem(exc)
+        if problem is None:
+            raise
+        errors.print(f"[bold red]error:[/] {problem}", soft_wrap=True, highlight=False)
         raise SystemExit(2) from None
 
 

@@ -6,6 +6,15 @@ limit), takes a consistent snapshot, refits with progress (a rich progress bar o
 terminal, the ``unlearn_retrain_progress_ratio`` gauge, and the in-flight marker in Redis
 that ``unlearn status`` shows) and hands the result back. The worker merges it: see
 :mod:`pipeline.retraining`. Offsets are committed after each request is handled.
+
+Triggers are coalesced and rate-limited, never lost while the retrainer runs: a request
+for a model whose retrain is in flight is absorbed by it (``coalesced``); one that comes
+less than ``UNLEARN_RETRAIN_MIN_INTERVAL`` after the model's last start is deferred until
+the interval has passed (``rate_limited``; one deferred request per model, later ones are
+``coalesced`` into it) and then started, or absorbed by a retrain in flight by then.
+Each outcome is counted in ``unlearn_retrain_triggers_total{reason, outcome}``. Deferred
+requests live in this process's memory: a retrainer that stops drops them (logged), and
+the worker's policy asks again on the model's next batch.
 """
 
 from __future__ import annotations
@@ -70,14 +79,34 @@ def retrain_once(
     *,
     hold_seconds: float = 0.0,
     on_progress: Callable[[float, str], None] | None = None,
+    defer: Callable[[RetrainRequested, float], bool] | None = None,
 ) -> HandBack | None:
-    """Handle one request: claim, snapshot, refit, hand back. ``None`` if absorbed."""
+    """Handle one request: claim, snapshot, refit, hand back. ``None`` if absorbed.
+
+    ``defer(request, when)`` is called for a rate-limited request, with the Unix time the
+    limit lifts; it returns False if a request of the same model is already deferred (the
+    new one is then coalesced into it). Without ``defer`` a rate-limited request is
+    dropped (still counted).
+    """
     metrics = default_metrics()
     model_id = request.model_id
     absorbed = retraining.try_start(model_id, request.reason, request.event_id)
+    if absorbed == "rate_limited" and defer is not None:
+        when = retraining.rate_limit_lifts(model_id)
+        if defer(request, when):
+            log.info(
+                "retrain of %r (%s) rate-limited: deferred %.1f s",
+                model_id,
+                request.reason,
+                max(0.0, when - time.time()),
+            )
+            metrics.retrain_triggers.labels(request.reason, "rate_limited").inc()
+            return None
+        absorbed = "coalesced"
     if absorbed is not None:
+        outcome = "rate_limited" if absorbed == "rate_limited" else "coalesced"
         log.info("retrain of %r (%s) absorbed: %s", model_id, request.reason, absorbed)
-        metrics.retrain_triggers.labels(request.reason, "absorbed").inc()
+        metrics.retrain_triggers.labels(request.reason, outcome).inc()
         return None
     metrics.retrain_triggers.labels(request.reason, "started").inc()
     metrics.retrains.labels(request.reason).inc()
@@ -141,6 +170,7 @@ def run_retrainer(
     """Consume retrain requests until ``stop`` is set (or forever)."""
     topics = Topics(settings.topic_prefix)
     store = Store.from_settings(settings, redis_url)
+    store.client.ping()  # wrong credentials fail here, at start, not on the first request
     retraining = Retraining(
         store, timeout=settings.retrain_timeout, min_interval=settings.retrain_min_interval
     )
@@ -159,10 +189,21 @@ def run_retrainer(
     )
     stop = stop or threading.Event()
     show_bar = console is not None and console.is_terminal
+    bar_console = console if show_bar else None
+    deferred: dict[str, tuple[float, RetrainRequested]] = {}  # model -> (when, request)
+
+    def defer(request: RetrainRequested, when: float) -> bool:
+        if request.model_id in deferred:
+            return False
+        deferred[request.model_id] = (when, request)
+        return True
+
     log.info("retrainer consuming %s", topics.retrain)
     try:
         while not stop.is_set():
-            batches = consumer.poll(timeout_ms=500)
+            due = min((when for when, _ in deferred.values()), default=None)
+            wait = 0.5 if due is None else min(0.5, max(0.0, due - time.time()))
+            batches = consumer.poll(timeout_ms=int(wait * 1000))
             for records in batches.values():
                 for rec in records:
                     msg = Message(rec.topic, rec.partition, rec.offset, rec.key, rec.value)
@@ -171,20 +212,38 @@ def run_retrainer(
                     )
                     if event is None or isinstance(event, Rejected):
                         continue  # RetrainCompleted notices and foreign events share the topic
-                    _handle(retraining, event, settings, console if show_bar else None)
+                    _handle(retraining, event, settings, bar_console, defer)
             if batches:
                 consumer.commit()
+            now = time.time()
+            for model_id, (when, request) in sorted(deferred.items(), key=lambda kv: kv[1][0]):
+                if when <= now:
+                    del deferred[model_id]
+                    _handle(retraining, request, settings, bar_console, defer)
     finally:
+        if deferred:
+            log.warning(
+                "stopping with %d deferred retrain request(s) (%s); the worker's policy asks "
+                "again on the next batch",
+                len(deferred),
+                ", ".join(sorted(deferred)),
+            )
         consumer.close()
         store.close()
 
 
 def _handle(
-    retraining: Retraining, request: RetrainRequested, settings: Settings, console: Console | None
+    retraining: Retraining,
+    request: RetrainRequested,
+    settings: Settings,
+    console: Console | None,
+    defer: Callable[[RetrainRequested, float], bool] | None = None,
 ) -> None:
     try:
         if console is None:
-            retrain_once(retraining, request, hold_seconds=settings.retrain_hold_seconds)
+            retrain_once(
+                retraining, request, hold_seconds=settings.retrain_hold_seconds, defer=defer
+            )
             return
         columns = (
             TextColumn("retrain {task.description}"),
@@ -199,7 +258,11 @@ def _handle(
                 bar.update(task, completed=fraction, message=message)
 
             retrain_once(
-                retraining, request, hold_seconds=settings.retrain_hold_seconds, on_progress=show
+                retraining,
+                request,
+                hold_seconds=settings.retrain_hold_seconds,
+                on_progress=show,
+                defer=defer,
             )
     except PipelineError as exc:
         log.error("retrain of %r failed: %s", request.model_id, exc)
