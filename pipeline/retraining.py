@@ -200,8 +200,14 @@ class Retraining:
 
     # ---- the hand-off ----------------------------------------------------------------
     def hand_back(self, result: HandBack) -> bool:
-        """Store a finished refit for the worker; False if the claim was dropped meanwhile."""
-        if not self._r.exists(self._keys.retrain_inflight(result.model_id)):
+        """Store a finished refit for the worker; False if the claim was dropped meanwhile.
+
+        The claim must still be this retrain's: a marker that expired (the refit took
+        longer than ``timeout``) may have been taken by a newer retrain, whose marker the
+        worker's merge of this stale result would otherwise clear.
+        """
+        marker = self.in_flight(result.model_id)
+        if marker is None or marker.get("request_id") != result.request_id:
             return False
         meta = {
             "snapshot_version": result.snapshot_version,

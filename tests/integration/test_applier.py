@@ -184,6 +184,9 @@ def test_retrain_merge_forgets_what_was_deleted_after_the_snapshot(
     handed = HandBack(
         model, snap.version, snap.seq, "operator", "rq-1", seconds, engine.state_dict()
     )
+    # a stale retrain (its claim expired and was taken by another) may not hand back
+    stale = HandBack(model, snap.version, snap.seq, "budget", "rq-old", seconds, {})
+    assert not retraining.hand_back(stale)
     assert retraining.hand_back(handed)
     [out] = applier.poll_retrains()
     assert out.published is not None and out.published.method == "retrain"
