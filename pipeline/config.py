@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     max_batch, max_wait : int, float
         A worker applies up to ``max_batch`` events per model at once, waiting at most
         ``max_wait`` seconds to fill a batch.
+    fetch_max_wait : float
+        Seconds the broker may hold a worker's fetch when no new data is there. Some
+        brokers (Tansu among them) hold it that long even when data arrives meanwhile, so
+        it bounds the delivery latency; faust's fixed 1.5 s is replaced by this.
     max_event_bytes : int
         Larger messages are dead-lettered as ``oversized``.
     metrics_port : int
@@ -120,6 +124,7 @@ class Settings(BaseSettings):
     # workers: batching and limits
     max_batch: int = Field(default=500, gt=0, le=100_000)
     max_wait: float = Field(default=0.5, gt=0, le=60)
+    fetch_max_wait: float = Field(default=0.1, gt=0, le=30)
     max_event_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"

@@ -19,9 +19,12 @@ made harmless by the applier.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +45,9 @@ from pipeline.retraining import Retraining
 from pipeline.retry import Outage, retry_transient
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
-from pipeline.topics import Topics
+from pipeline.topics import Topics, record_key
 from workers.federated import register_federated
+from workers.transport import App
 
 __all__ = ["Runtime", "build_app"]
 
@@ -145,19 +149,25 @@ def build_app(
         name=f"{app_id}:{os.getpid()}",
     )
     timeouts = FAST_TIMEOUTS if settings.broker_timeouts == "fast" else {}
-    app = faust.App(
+    app = App(
         app_id,
+        fetch_max_wait=settings.fetch_max_wait,
         broker=[f"kafka://{host}" for host in kafka_bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
         store="memory://",
+        # faust makes a data directory even with in-memory tables: not in the cwd
+        datadir=_faust_dir(),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
+        # a batch's receipts and tombstones leave in a few produce requests, not one each
+        producer_linger=0.002,
+        producer_max_batch_size=1_048_576,
         consumer_max_fetch_size=max(settings.max_event_bytes * 2, 4_194_304),
         **timeouts,
     )
@@ -166,12 +176,10 @@ def build_app(
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, partitions=settings.partitions, config=configs[name])
 
+    # the topics exist (`unlearn worker` creates them with their policies); notices are
+    # sent with the producer directly, see publish()
     deletions_t = topic(topics.deletions)
     records_t = topic(topics.records)
-    out = {
-        name: topic(name)
-        for name in (topics.model_updates, topics.receipts, topics.dead_letter, topics.retrain)
-    }
 
     metrics = runtime.metrics
     metrics.up.labels("worker").set(1)
@@ -191,10 +199,8 @@ def build_app(
             name: str, key: str | bytes | None, value: bytes | None, partition: int | None = None
         ) -> None:
             k = key.encode() if isinstance(key, str) else key
-            futures.append(await out_or_records(name).send(key=k, value=value, partition=partition))
-
-        def out_or_records(name: str) -> faust.TopicT:
-            return records_t if name == topics.records else out[name]
+            # the producer directly: faust's Topic.send costs more than the send itself
+            futures.append(await app.producer.send(name, k, value, partition, None, None))
 
         all_rejected = list(rejected)
         for outcome in outcomes:
@@ -208,7 +214,7 @@ def build_app(
             if outcome.tombstones:
                 part = partition_for(outcome.model_id, range(runtime.record_partitions))
                 for record_id in outcome.tombstones:
-                    await send(topics.records, record_id, None, part)
+                    await send(topics.records, record_key(outcome.model_id, record_id), None, part)
             for event in (outcome.retrain, outcome.completed):
                 if event is not None:
                     await send(topics.retrain, outcome.model_id, encode_event(event))
@@ -244,13 +250,16 @@ def build_app(
 
     def decode(events: Sequence[Any], expected: type[Event]) -> tuple[list[Any], list[Any]]:
         good, bad = [], []
+        topics: dict[str, int] = {}
         for msg in map(Message.from_faust, events):
-            metrics.consumed(msg.topic)
+            topics[msg.topic] = topics.get(msg.topic, 0) + 1
             result = decode_message(msg, expected, max_bytes=settings.max_event_bytes)
             if isinstance(result, Rejected):
                 bad.append(result)
             elif result is not None:
                 good.append((result, msg))
+        for name, n in topics.items():
+            metrics.consumed(name, n)
         return good, bad
 
     async def guarded(
@@ -368,8 +377,15 @@ def build_app(
             await runtime.run(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
-    register_federated(app, runtime, publish, topic)
+    register_federated(app, runtime, publish, topic, guarded)
     return app, runtime
+
+
+def _faust_dir() -> str:
+    """A data directory of this process's own for faust (unused: tables are in memory)."""
+    path = tempfile.mkdtemp(prefix="unlearn-faust-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _partitions(bootstrap: str, topic: str, settings: Settings) -> int:

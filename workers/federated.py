@@ -9,8 +9,7 @@ dead letters, metrics), as the deletions agent does. Registered by
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["register_federated"]
 
-log = logging.getLogger("unlearn.worker.federated")
-
 Publish = Callable[..., Awaitable[None]]
+Work = Callable[[], Awaitable[list[Outcome]]]
+Guarded = Callable[[str, list[Any], Work], Awaitable[list[Outcome]]]
+"""``guarded(what, messages, work)`` of :func:`workers.app.build_app`."""
 
 
 def register_federated(
@@ -35,6 +35,7 @@ def register_federated(
     runtime: Runtime,
     publish: Publish,
     topic: Callable[[str], faust.TopicT],
+    guarded: Guarded,
 ) -> FederatedCoordinator:
     """Add the ``federated`` agent to ``app``; returns the coordinator it drives."""
     coordinator = FederatedCoordinator(runtime.store, keep_versions=runtime.settings.keep_versions)
@@ -56,15 +57,13 @@ def register_federated(
     async def federated(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
             good, bad = decode(events)
-            outcomes: Iterable[Outcome]
             with metrics.batch("federated", len(events)):
-                try:
-                    outcomes = await runtime.run(coordinator.handle, good)
-                except Exception as exc:  # a bug or an outage: keep the evidence, keep going
-                    log.exception("applying a federated batch failed; dead-lettering it")
-                    error = repr(exc)[:1500]
-                    rejected = [Rejected(m, "internal_error", error) for _, m in good]
-                    outcomes = [Outcome("*", rejected=rejected)]
+                # Redis unreachable: retried; any other error: the batch is dead-lettered
+                outcomes = await guarded(
+                    "federated",
+                    [m for _, m in good],
+                    lambda good=good: runtime.run(coordinator.handle, good),
+                )
             sent: dict[str, datetime] = {ev.event_id: ev.ts for ev, _ in good}
             await publish(
                 outcomes,
