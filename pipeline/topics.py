@@ -12,10 +12,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DELETIONS_RETENTION_MS", "Topics", "ensure_topics"]
+__all__ = ["DELETIONS_RETENTION_MS", "Topics", "ensure_topics", "record_key"]
 
-DELETIONS_RETENTION_MS = 400 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
+DELETIONS_RETENTION_MS = 400 * DAY_MS
 """Deletion requests are kept 400 days: longer than any legal deadline, for audits."""
+RECORDS_ERASURE = {
+    "segment.ms": str(DAY_MS),
+    "max.compaction.lag.ms": str(7 * DAY_MS),
+    "delete.retention.ms": str(DAY_MS),
+}
+"""How soon an erased record's features leave ``unlearn.records``: the log cleaner never
+compacts the active segment, so segments roll daily; ``max.compaction.lag.ms`` makes the
+cleaner compact a segment holding a tombstone within 7 days (Kafka's default is never),
+and the tombstone itself goes a day after. Erasure from the log thus takes at most about
+8 days, inside the 30-day legal deadline (``UNLEARN_LEGAL_DEADLINE_DAYS``)."""
+
+
+def record_key(model_id: str, record_id: str) -> bytes:
+    """Key of a record on the compacted ``unlearn.records`` topic: ``model/record``.
+
+    Compaction keeps the last value per key within a partition, and records are
+    partitioned by model: keyed by record id alone, two models in one partition that
+    share a record id would compact each other's records away (a tombstone for ``r1`` of
+    model A would drop model B's ``r1``). Model ids cannot contain ``/``, so the key is
+    unambiguous.
+    """
+    return f"{model_id}/{record_id}".encode()
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,7 @@ class Topics:
         compact = {"cleanup.policy": "compact"}
         delete = {"cleanup.policy": "delete"}
         return {
-            self.records: compact,
+            self.records: compact | RECORDS_ERASURE,
             self.deletions: delete | {"retention.ms": str(DELETIONS_RETENTION_MS)},
             self.model_updates: compact,
             self.retrain: delete,

@@ -14,7 +14,10 @@ create() {
   echo "topic $name ready"
 }
 
-create unlearn.records        --config cleanup.policy=compact
+# records: segments roll daily and a tombstoned segment is compacted within 7 days, so
+# erased features leave the log well inside the legal deadline (pipeline/topics.py)
+create unlearn.records        --config cleanup.policy=compact --config segment.ms=$DAY_MS \
+  --config max.compaction.lag.ms=$((7 * DAY_MS)) --config delete.retention.ms=$DAY_MS
 create unlearn.model-updates  --config cleanup.policy=compact
 create unlearn.deletions      --config cleanup.policy=delete --config retention.ms=$((400 * DAY_MS))
 create unlearn.retrain        --config cleanup.policy=delete

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from pipeline.errors import SchemaError
 from pipeline.events import DeletionRequested, Event, RecordAdded, encode_event
-from pipeline.topics import Topics
+from pipeline.topics import Topics, record_key
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -187,7 +187,7 @@ class DeletionClient:
         futures = [
             self._producer.send(
                 topic,
-                key=event.record_id.encode(),
+                key=record_key(model_id, event.record_id),
                 value=encode_event(event),
                 partition=partition,
                 headers=[("type", b"RecordAdded"), ("model_id", model_id.encode())],

@@ -18,7 +18,7 @@ from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded, decod
 from pipeline.sdk import DeletionClient, ModelClient
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import ModelSpec, Store
-from pipeline.topics import Topics
+from pipeline.topics import Topics, record_key
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
@@ -109,6 +109,7 @@ def test_add_records_round_trip(services: EmbeddedServices, topics: Topics) -> N
     for record in records:
         validator.validate(json.loads(record.value))
         assert record.partition == partition
+        assert record.key == record_key("churn", json.loads(record.value)["record_id"])
     events = sorted(
         (decode_event(r.value, RecordAdded) for r in records), key=lambda e: int(e.record_id[1:])
     )

@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from pipeline import LogisticUnlearner, RidgeUnlearner
 from pipeline.events import DeletionRequested, ReceiptStatus, encode_event
 from pipeline.sdk import DeletionClient, ModelClient
+from pipeline.topics import record_key
 from pipeline.training import Table, train_model
 
 LOGISTIC = {
@@ -110,6 +111,13 @@ def test_deleting_a_subject_from_two_models(pipe, digits_file) -> None:
     raw_keys = [k for k in store.client.scan_iter(match=f"{pipe.namespace}:*:rec:*")]
     gone = {f"{m}:rec:{r}" for m, ids in before.items() for r in ids}
     assert not any(k.decode().split("}:", 1)[-1] in gone for k in raw_keys if b"digits" in k)
+
+    # one tombstone per erased record on the compacted records topic, keyed by model and
+    # record: the two models share record ids, and a key of the record id alone would let
+    # compaction drop one model's records when the other's are erased
+    expected = {record_key(m, r) for m, ids in before.items() for r in ids}
+    tombstones = read_topic(pipe.bootstrap, pipe.topics.records, len(expected))
+    assert {t.key for t in tombstones if t.value is None} == expected
 
     # the published models agree with exact refits without the subject
     for model, cls, params, tol in (

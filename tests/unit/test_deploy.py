@@ -154,10 +154,19 @@ def test_compose_services_build_mounts_and_environment():
 def test_topic_init_creates_every_topic_with_its_policy():
     from pipeline.topics import Topics
 
-    script = (DEPLOY / "kafka" / "create-topics.sh").read_text()
+    script = (DEPLOY / "kafka" / "create-topics.sh").read_text().replace("\\\n", "")
+    day = 86_400_000
+    shell = {
+        "$DAY_MS": str(day),
+        "$((7 * DAY_MS))": str(7 * day),
+        "$((400 * DAY_MS))": str(400 * day),
+    }
     for name, config in Topics().configs().items():
         line = next(line for line in script.splitlines() if f"create {name} " in line)
-        assert f"cleanup.policy={config['cleanup.policy']}" in line, name
+        for expr, number in shell.items():
+            line = line.replace(expr, number)
+        for key, value in config.items():
+            assert f"--config {key}={value}" in line, (name, key)
 
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "k8s").glob("*.yaml")), ids=lambda p: p.name)
