@@ -47,7 +47,7 @@ from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics, record_key
 from workers.federated import register_federated
-from workers.transport import App
+from workers.transport import App, Notice, deliver
 
 __all__ = ["Runtime", "build_app"]
 
@@ -192,15 +192,17 @@ def build_app(
         agent: str = "",
         event_times: Callable[[Outcome], list[datetime]] | None = None,
     ) -> None:
-        """Send every notice of the outcomes and the dead letters; wait for the broker."""
-        futures: list[Awaitable[Any]] = []
+        """Send every notice of the outcomes and the dead letters; wait for the broker.
 
-        async def send(
+        Retried until the broker takes them all (:func:`workers.transport.deliver`): the
+        batch's offsets are committed only after this returns.
+        """
+        messages: list[Notice] = []
+
+        def send(
             name: str, key: str | bytes | None, value: bytes | None, partition: int | None = None
         ) -> None:
-            k = key.encode() if isinstance(key, str) else key
-            # the producer directly: faust's Topic.send costs more than the send itself
-            futures.append(await app.producer.send(name, k, value, partition, None, None))
+            messages.append((name, key.encode() if isinstance(key, str) else key, value, partition))
 
         all_rejected = list(rejected)
         for outcome in outcomes:
@@ -208,16 +210,16 @@ def build_app(
             if outcome.published is not None:
                 pub = outcome.published
                 observe_published(outcome, agent, event_times)
-                await send(topics.model_updates, pub.model_id, encode_event(pub))
+                send(topics.model_updates, pub.model_id, encode_event(pub))
             for receipt in outcome.receipts:
-                await send(topics.receipts, receipt.request_id, encode_event(receipt))
+                send(topics.receipts, receipt.request_id, encode_event(receipt))
             if outcome.tombstones:
                 part = partition_for(outcome.model_id, range(runtime.record_partitions))
                 for record_id in outcome.tombstones:
-                    await send(topics.records, record_key(outcome.model_id, record_id), None, part)
+                    send(topics.records, record_key(outcome.model_id, record_id), None, part)
             for event in (outcome.retrain, outcome.completed):
                 if event is not None:
-                    await send(topics.retrain, outcome.model_id, encode_event(event))
+                    send(topics.retrain, outcome.model_id, encode_event(event))
             if outcome.retrain is not None:
                 metrics.retrain_triggers.labels(outcome.retrain.reason, "requested").inc()
             if outcome.held_back is not None:  # the policy fired, no request was sent
@@ -226,9 +228,8 @@ def build_app(
             msg = rej.message
             log.warning("dead letter from %s: %s (%s)", msg.where, rej.error, rej.reason)
             metrics.dead_lettered(msg.topic, rej.reason)
-            await send(topics.dead_letter, msg.key, encode_event(dead_letter(rej)))
-        for fut in futures:
-            await fut
+            send(topics.dead_letter, msg.key, encode_event(dead_letter(rej)))
+        await deliver(app.producer, messages)
 
     def observe_published(
         outcome: Outcome, agent: str, event_times: Callable[[Outcome], list[datetime]] | None
