@@ -156,3 +156,56 @@ def test_malformed_events_go_to_the_dead_letter_topic(pipe) -> None:
     assert "expects 64" in sample["error"]
     assert base64.b64decode(sample["key_b64"]).startswith(b"bad-")
     assert pipe.procs["worker"].poll() is None  # still running
+
+
+def test_messages_of_several_megabytes_are_dead_lettered_and_the_worker_goes_on(
+    pipeline_factory,
+) -> None:
+    """Events far over UNLEARN_MAX_EVENT_BYTES (default 1 MiB), up to twice the consumer's
+    fetch size: each is dead-lettered as oversized and the valid record after it applied.
+    """
+    with pipeline_factory("huge") as huge:
+        X, y = load_digits(return_X_y=True)
+        ids = [f"r{i}" for i in range(len(y))]
+        table = Table(X=X / 16.0, y=y, subjects=[f"s{i}" for i in range(len(y))], ids=ids)
+        train_model(huge.store, "digits", table, params={"lam": 1e-3, "sigma": 1.0})
+        producer = KafkaProducer(
+            bootstrap_servers=huge.bootstrap, acks="all", max_request_size=16 << 20
+        )
+        rng = np.random.default_rng(0)
+        sizes = []
+        for k, n in enumerate((150_000, 400_000)):  # about 3 MB and 8 MB of JSON
+            value = json.dumps(record(k, features=rng.random(n).tolist())).encode()
+            sizes.append(len(value))
+            producer.send(huge.topics.records, key=b"huge", value=value).get(30)
+            good = RecordAdded(
+                event_id=f"after{k}",
+                model_id="digits",
+                record_id=f"after{k}",
+                subject_id="g",
+                features=rng.random(64).tolist(),
+                label=1,
+            )
+            producer.send(huge.topics.records, key=b"good", value=encode_event(good)).get(30)
+            huge.wait_for(
+                lambda k=k: f"after{k}" in huge.store.records.ids("digits"),
+                60,
+                f"the record sent after a {sizes[-1]:,}-byte event",
+            )
+        producer.close()
+        assert sizes[0] > 2 * 1_048_576 and sizes[1] > 8_000_000
+
+        consumer = KafkaConsumer(bootstrap_servers=huge.bootstrap, enable_auto_commit=False)
+        dlq = huge.topics.dead_letter
+        tps = [TopicPartition(dlq, p) for p in sorted(consumer.partitions_for_topic(dlq) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        letters: list[dict] = []
+        deadline = time.monotonic() + 30
+        while len(letters) < 2 and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                letters.extend(json.loads(m.value) for m in batch)
+        consumer.close()
+        assert [dl["reason"] for dl in letters] == ["oversized", "oversized"]
+        assert all(len(base64.b64decode(dl["value_b64"])) <= 65_536 for dl in letters)
+        assert huge.procs["worker"].poll() is None
