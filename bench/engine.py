@@ -213,3 +213,36 @@ def run_engine_bench(quick: bool = False, log: Log | None = None) -> dict[str, A
     results["flat_in_n"] = flat_in_n(mnist_3v8, quick, say)
     results["fidelity"] = fidelity(binary, say)
     return results
+
+
+def main() -> None:
+    """``python -m bench.engine [--quick] [--json FILE]``: the engine figures as markdown.
+
+    Prints the engine sections of ``BENCHMARKS.md`` (without writing it; ``make bench``
+    does) and optionally the raw figures as JSON.
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    from bench import run as report
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw figures")
+    args = parser.parse_args()
+    results = run_engine_bench(quick=args.quick, log=lambda msg: print(msg, flush=True))
+    lines = [
+        *report._machine(results["machine"]),
+        *report._guo(results["guo_setting"]),
+        *report._costs(results["batch_cost"]),
+        *report._flat(results["flat_in_n"]),
+        *report._fidelity(results["fidelity"]),
+    ]
+    print("\n".join(lines))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

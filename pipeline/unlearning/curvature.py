@@ -14,24 +14,66 @@ factorisation, redone only when that has gone stale. :meth:`recompute` rebuilds 
 weight at the current model from all records (``O(n d^2)`` per problem); the unlearner calls
 it only when its residual shows that the cached weights have drifted.
 
-The matrices are kept whole and symmetric and the hot path uses numpy's BLAS only
-(``X.T @ X`` is a symmetric rank-k update there); SciPy's LAPACK (``dpotrf``/``dpotri``) is
-called only to refactorise. Mixing two BLAS thread pools in every update made them contend
-for the two cores. One-vs-rest keeps one d x d matrix per class, never a (K d) x (K d)
-matrix.
+A batch updates the matrices in place with BLAS's symmetric rank-k update (``dsyrk``, one
+triangle, no temporary) and multiplies with ``dsymv`` (half the memory traffic of a general
+product), all on one BLAS thread (:func:`~pipeline.unlearning._blas.single_thread`: these
+are sub-millisecond to millisecond products, where two threads of the two BLAS libraries
+in the process contended for the two cores). Between updates only the triangle BLAS
+maintains is current (:func:`symmetric_product` reads it); :meth:`CurvatureCache.to_array` and
+:func:`symmetrize` restore whole symmetric matrices. One-vs-rest keeps one d x d matrix per
+class, never a (K d) x (K d) matrix.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from pipeline.errors import InvalidInput
+from pipeline.unlearning._blas import single_thread
 
-__all__ = ["CurvatureCache"]
+__all__ = ["CurvatureCache", "rank_update", "symmetric_product", "symmetrize"]
 
 Array = NDArray[np.float64]
+
+
+def _fortran_upper(M: Array) -> Array:
+    """The BLAS view of a C-ordered symmetric matrix: its transpose, Fortran-ordered, whose
+    upper triangle (the C array's lower triangle) is the one kept current."""
+    return M.T
+
+
+def rank_update(M: Array, A: Array, alpha: float) -> None:
+    """``M += alpha * A.T @ A`` in place for a C-ordered symmetric ``M`` (one triangle).
+
+    ``A`` is (m, d). Only the triangle BLAS maintains is written: read ``M`` through
+    :func:`symmetric_product` or :func:`symmetrize` it first.
+    """
+    if A.shape[0] == 0:
+        return
+    target = _fortran_upper(M)
+    At = np.ascontiguousarray(A).T  # (d, m), Fortran-ordered: no copy in the wrapper
+    out = blas.dsyrk(alpha=alpha, a=At, beta=1.0, c=target, trans=0, lower=0, overwrite_c=1)
+    if not np.shares_memory(out, M):  # the wrapper had to copy: write the result back
+        np.copyto(target, np.triu(out) + np.triu(out, 1).T)
+
+
+def symmetric_product(M: Array, v: Array) -> Array:
+    """``M @ v`` for a symmetric ``M`` kept by :func:`rank_update` (reads one triangle);
+    ``v`` of shape (d,), or (k, d) for k vectors at once (returns (k, d))."""
+    if v.ndim == 1:
+        return np.asarray(blas.dsymv(1.0, _fortran_upper(M), v, lower=0), dtype=np.float64)
+    if v.shape[0] <= 6:  # dsymm on a thin block is slower than a few dsymv (measured)
+        return np.array([symmetric_product(M, row) for row in v]).reshape(v.shape)
+    out = blas.dsymm(1.0, _fortran_upper(M), np.ascontiguousarray(v).T, side=0, lower=0)
+    return np.asarray(out, dtype=np.float64).T
+
+
+def symmetrize(M: Array) -> None:
+    """Copy the maintained triangle over the other, in place."""
+    lower = np.tril_indices(M.shape[0], -1)
+    M.T[lower] = M[lower]
 
 
 class CurvatureCache:
@@ -70,13 +112,11 @@ class CurvatureCache:
         """
         if self.n_problems > 1 and (weights == weights[:, :1]).all():
             # e.g. at w = 0: every problem has the same curvature, build it once
-            self._H[:] = 0.0
-            self._add_one(0, X, weights[:, 0], 1.0)
+            self._H[0] = _weighted_gram(X, weights[:, 0])
             self._H[1:] = self._H[0]
         else:
-            self._H[:] = 0.0
             for k in range(self.n_problems):
-                self._add_one(k, X, weights[:, k], 1.0)
+                self._H[k] = _weighted_gram(X, weights[:, k])
         self._shift(ridge)
         self._inverses = [None] * self.n_problems
 
@@ -85,18 +125,15 @@ class CurvatureCache:
 
         The preconditioners are left as they are: PCG absorbs the change.
         """
-        if X.shape[0]:
-            for k in range(self.n_problems):
-                self._add_one(k, X, weights[:, k], sign)
-        self._shift(sign * ridge)
+        with single_thread():
+            if X.shape[0]:
+                for k in range(self.n_problems):
+                    self._add_one(k, X, weights[:, k], sign)
+            self._shift(sign * ridge)
 
     def _add_one(self, k: int, X: Array, weights: Array, sign: float) -> None:
         scaled = X * np.sqrt(weights)[:, None]
-        update = scaled.T @ scaled  # numpy recognises A.T @ A: a symmetric rank-k update
-        if sign > 0:
-            self._H[k] += update
-        else:
-            self._H[k] -= update
+        rank_update(self._H[k], scaled, 1.0 if sign > 0 else -1.0)
 
     def _shift(self, ridge: float) -> None:
         if ridge:
@@ -105,7 +142,15 @@ class CurvatureCache:
 
     # -- using ----------------------------------------------------------------------------
     def solve(self, rhs: Array, rtol: float = 1e-10) -> Array:
-        r"""Solve :math:`\tilde H_k v_k = rhs_k` for every problem; ``rhs`` is (K, d).
+        r"""Solve :math:`\tilde H_k v_k = rhs_k` for every problem; ``rhs`` is (K, d)."""
+        return self.solve_checked(rhs, rtol)[0]
+
+    def solve_checked(self, rhs: Array, rtol: float = 1e-10) -> tuple[Array, Array]:
+        r"""Solve :math:`\tilde H_k v_k = rhs_k` for every problem, and report how well.
+
+        Returns the solutions and the true residual norms
+        :math:`\lVert \tilde H_k v_k - rhs_k\rVert`, recomputed from the matrix at the end
+        (not PCG's recursive estimate), which the certificates add to their bounds.
 
         Preconditioned conjugate gradients on the current matrices, preconditioned by the
         inverse from the last factorisation: after a batch the two differ by a low-rank,
@@ -114,43 +159,55 @@ class CurvatureCache:
         the matrix is factorised again and the solve restarted.
         """
         out = np.empty_like(rhs)
-        for k in range(self.n_problems):
-            out[k] = self._solve_one(k, rhs[k], rtol)
-        return out
+        residuals = np.empty(rhs.shape[0])
+        with single_thread():
+            for k in range(self.n_problems):
+                out[k], residuals[k] = self._solve_one(k, rhs[k], rtol)
+        return out, residuals
 
-    def _solve_one(self, k: int, b: Array, rtol: float) -> Array:
+    def _solve_one(self, k: int, b: Array, rtol: float) -> tuple[Array, float]:
         H = self._H[k]
         bnorm = float(np.linalg.norm(b))
         if bnorm == 0.0:
-            return np.zeros_like(b)
+            return np.zeros_like(b), 0.0
+        tol2 = (rtol * bnorm) ** 2
+        Hf = _fortran_upper(H)
+        dsymv, ssymv, f32 = blas.dsymv, blas.ssymv, np.float32
         x = np.zeros_like(b)
         for attempt in range(2):
             P = self._preconditioner(k, fresh=attempt > 0)
-            x = (P @ b.astype(np.float32)).astype(np.float64)
-            r = b - H @ x
-            z = (P @ r.astype(np.float32)).astype(np.float64)
+            # start from 0: the first iteration then lands on the best multiple of P b
+            # (at least as good as starting from P b, and two matrix passes cheaper)
+            x = np.zeros_like(b)
+            r = b.copy()
+            z = ssymv(1.0, P, r.astype(f32), lower=0).astype(np.float64)
             p = z.copy()
-            rz = float(r @ z)
+            rz = r @ z
             for it in range(self.refactor_after + 1):
-                if float(np.linalg.norm(r)) <= rtol * bnorm:
+                if r @ r <= tol2:
                     self.last_iterations = it
-                    return x
-                Hp = H @ p
-                alpha = rz / float(p @ Hp)
+                    true = float(np.linalg.norm(b - dsymv(1.0, Hf, x, lower=0)))
+                    if true <= 10.0 * rtol * bnorm or attempt > 0:
+                        return x, true
+                    break  # the recursion drifted from the true residual: refactorise
+                Hp = dsymv(1.0, Hf, p, lower=0)
+                alpha = rz / (p @ Hp)
                 x += alpha * p
                 r -= alpha * Hp
-                z = (P @ r.astype(np.float32)).astype(np.float64)
-                rz_new = float(r @ z)
-                p = z + (rz_new / rz) * p
+                z = ssymv(1.0, P, r.astype(f32), lower=0).astype(np.float64)
+                rz_new = r @ z
+                p *= rz_new / rz
+                p += z
                 rz = rz_new
         self.last_iterations = self.refactor_after
-        return x
+        return x, float(np.linalg.norm(b - symmetric_product(H, x)))
 
     def _preconditioner(self, k: int, fresh: bool) -> NDArray[np.float32]:
-        """Inverse of problem k's matrix at its last factorisation (whole, symmetric)."""
+        """Inverse of problem k's matrix at its last factorisation (upper triangle,
+        Fortran-ordered, for ``ssymv``)."""
         P = self._inverses[k]
         if P is None or fresh:
-            factor, info = lapack.dpotrf(self._H[k], lower=0, clean=0)
+            factor, info = lapack.dpotrf(_fortran_upper(self._H[k]), lower=0, clean=0)
             if info == 0:
                 upper, info = lapack.dpotri(factor, lower=0)
             if info != 0:
@@ -161,24 +218,38 @@ class CurvatureCache:
                 raise InvalidInput(msg)
             # float32 is plenty for a preconditioner and halves its memory traffic; the
             # solve itself runs against the float64 matrix
-            P = (np.triu(upper) + np.triu(upper, 1).T).astype(np.float32)
+            P = np.asfortranarray(upper, dtype=np.float32)
             self._inverses[k] = P
             self.n_factorisations += 1
         return P
 
     def matvec(self, V: Array) -> Array:
         r""":math:`\tilde H_k v_k` for every problem."""
-        return np.einsum("kij,kj->ki", self._H, V)
+        out = np.empty_like(V)
+        with single_thread():
+            for k in range(self.n_problems):
+                out[k] = symmetric_product(self._H[k], V[k])
+        return out
 
     # -- checkpoints ----------------------------------------------------------------------
     def to_array(self) -> Array:
-        """The matrices as one (K, d, d) array."""
-        return self._H.copy()
+        """The matrices as one (K, d, d) array (whole and symmetric)."""
+        out = self._H.copy()
+        for k in range(self.n_problems):
+            symmetrize(out[k])
+        return out
 
     @classmethod
     def from_array(cls, matrices: Array) -> CurvatureCache:
         """Rebuild a cache from :meth:`to_array`'s output."""
         K, d, _ = matrices.shape
         cache = cls(K, d)
-        cache._H = np.array(matrices, dtype=np.float64)
+        cache._H = np.array(matrices, dtype=np.float64, order="C")
         return cache
+
+
+def _weighted_gram(X: Array, weights: Array) -> Array:
+    """``X.T @ diag(weights) @ X``, whole (numpy runs it as a symmetric rank-k update on its
+    default threads: this is the ``O(n d^2)`` recomputation, not the per-batch path)."""
+    scaled = X * np.sqrt(weights)[:, None]
+    return scaled.T @ scaled

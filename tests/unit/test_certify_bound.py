@@ -1,0 +1,154 @@
+"""The per-batch residual bound (certify.residual_growth) is an upper bound, on real data.
+
+Each step is checked on its own: the exact gradient residual after a batch must not exceed
+the exact residual before it plus the batch's bound increment (influence steps), or the
+increment alone (a Fisher step, which aims at zero). Checking the increment rather than the
+accumulated certificate leaves the bound no slack to hide in.
+"""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from pipeline import LogisticUnlearner
+from pipeline.unlearning import certify
+from pipeline.unlearning.loss import gradient
+
+
+def _residuals(model):
+    rec = model._records
+    G = gradient(rec.X, model._signs(rec.targets), model._W, model._B, model.lam, rec.weights)
+    return np.linalg.norm(G, axis=1)
+
+
+def _never_measuring(X, y, **params):
+    """An adaptive model that never measures, so every increment is the bound alone."""
+    return LogisticUnlearner(measure_above=1e12, **params).fit(X, y)
+
+
+CASES = [
+    # dataset, labels, lam, sigma, fit_intercept, batch sizes
+    ("cancer", "binary", 1e-3, 1.0, True, (1, 5, 40)),
+    ("cancer", "binary", 1e-4, 0.1, False, (3, 60)),
+    ("digits", "ovr", 1e-3, 1.0, True, (1, 10, 50)),
+    ("digits", "binary", 1e-2, 10.0, False, (2, 25, 200)),
+    ("mnist", "binary", 1e-3, 10.0, False, (1, 100, 400)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-lam{c[2]}")
+def test_each_increment_bounds_the_residual_growth(request, mnist_3v8, case):
+    name, labels, lam, sigma, intercept, sizes = case
+    if name == "mnist":
+        X, y = mnist_3v8.X[:2500], mnist_3v8.y[:2500]
+    else:
+        X, y = request.getfixturevalue(name)
+        if labels == "binary":
+            y = (y >= np.median(y)).astype(int) if name == "digits" else y
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    model = _never_measuring(X, y, lam=lam, sigma=sigma, fit_intercept=intercept)
+    held = list(range(len(y)))
+    truth = _residuals(model)
+    checked = 0
+    for step in range(12):
+        m = int(rng.choice(sizes))
+        if len(held) - m < 0.3 * len(y):
+            break
+        first = model._residual_known  # the step after a fit is a Fisher step
+        if step % 4 == 3:  # learn some back: the bound covers additions too
+            back = rng.choice(len(y), size=min(m, 20), replace=False)
+            ids = [f"back-{step}-{i}" for i in back]
+            before = model._cert.copy()
+            model.learn(X[back], y[back], ids=ids)
+        else:
+            batch = rng.choice(len(held), size=m, replace=False)
+            ids = [held[i] for i in batch]
+            gone = set(batch.tolist())
+            held = [h for i, h in enumerate(held) if i not in gone]
+            before = model._cert.copy()
+            model.forget(ids)
+        increment = model._cert - (0.0 if first else before)
+        new_truth = _residuals(model)
+        allowed = increment if first else truth + increment
+        assert (new_truth <= allowed * (1 + 1e-9) + 1e-12).all(), (step, new_truth, allowed)
+        # and the accumulated certificate bounds the residual
+        assert model.certificate_ >= new_truth.sum() * (1 - 1e-9)
+        truth = new_truth
+        checked += 1
+    assert checked >= 4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bound_holds_after_measurements_and_corrections(mnist_3v8, seed):
+    """The default model over many batches: measured, corrected, bounded in between."""
+    X, y = mnist_3v8.X[:3000], mnist_3v8.y[:3000]
+    model = LogisticUnlearner(lam=1e-3, sigma=1.0, seed=seed, measure_above=0.2).fit(X, y)
+    order = np.random.default_rng(seed).permutation(len(y))
+    start = 0
+    for size in (1, 7, 30, 100, 3, 250, 50, 50, 50, 10):
+        report = model.forget(order[start : start + size].tolist())
+        start += size
+        assert report.certificate >= _residuals(model).sum() * (1 - 1e-9)
+
+
+def test_tight_taylor_term_never_exceeds_guos():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        spectral = float(rng.uniform(0.1, 100))
+        step = float(rng.uniform(0, 2))
+        Xv = float(rng.uniform(0, 1)) * spectral * step  # ||X'v|| <= ||X'||_2 ||v||
+        common = {
+            "C": float(rng.uniform(0.1, 3)),
+            "Xv_norm": Xv,
+            "XD_norm": float(rng.uniform(0, 5)),
+            "err_norm": float(rng.uniform(0, 1)),
+            "err_max": float(rng.uniform(0, 0.25)),
+            "spectral": spectral,
+            "solve_residual": float(rng.uniform(0, 1e-6)),
+            "step_norm": step,
+            "roundoff": 1e-12,
+        }
+        tight, _ = certify.residual_growth(**common)
+        guo, _ = certify.residual_growth(**common, taylor="guo")
+        assert tight <= guo + 1e-15
+
+
+def test_roundoff_allowance_is_small_but_positive():
+    small = certify.roundoff_allowance(12_000, 1.0, 12.0, 784)
+    assert 0 < small < 1e-6
+    assert certify.roundoff_allowance(24_000, 1.0, 12.0, 784) > small
+
+
+def test_old_checkpoints_resume_with_a_valid_bound(digits):
+    """A checkpoint written before the staleness state existed is converted conservatively."""
+    X, y = digits
+    model = LogisticUnlearner(lam=1e-3, sigma=1.0, fit_intercept=True).fit(X, y)
+    model.forget(range(30))
+    state = model.state_dict(include_records=True)
+    for key in ("wref", "err_norm", "roundoff_terms"):
+        del state[key]
+    resumed = LogisticUnlearner.from_state_dict(state)
+    assert resumed._err_norm.shape == (len(model.classes_),)
+    assert math.isfinite(resumed.certificate_)
+    for start in range(30, 200, 17):
+        report = resumed.forget(range(start, start + 17))
+        assert report.certificate >= _residuals(resumed).sum() * (1 - 1e-9)
+
+
+def test_frequent_measurements_buy_a_fresh_curvature(mnist_3v8, monkeypatch):
+    """Once the cached curvature's staleness forces a measurement per batch, the curvature
+    is rebuilt after a measurement budget (ski rental), and the bound holds across it."""
+    X, y = mnist_3v8.X[:3000], mnist_3v8.y[:3000]
+    model = LogisticUnlearner(lam=1e-3, sigma=10.0).fit(X, y)
+    monkeypatch.setattr(LogisticUnlearner, "_measures_per_recompute", lambda self: 3)
+    start = model.n_curvature_recomputes_
+    order = np.random.default_rng(3).permutation(len(y))
+    flags = []
+    for b in range(12):
+        report = model.forget(order[b * 100 : (b + 1) * 100].tolist())
+        flags.append(report.curvature_recomputed)
+        assert report.certificate >= _residuals(model).sum() * (1 - 1e-9)
+    assert any(flags) and model.n_curvature_recomputes_ > start
+    assert model._stale_measures <= 3
