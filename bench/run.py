@@ -60,6 +60,16 @@ def _guo(g: dict[str, Any]) -> list[str]:
         after = ", ".join(f"{k}: {v:.3g}" for k, v in r["certificate_after"].items())
         per_removal = r["seconds_per_removal"] * 1e3
         lines.append(f"| {name} | {supported} | {r['tried']} | {after} | {per_removal:.1f} |")
+    guo = g["removals"]["guo_accumulated_bound"]
+    default = g["removals"]["adaptive_fisher (default)"]
+    if guo["supported"]:
+        ours = default["supported"] or default["tried"]
+        more = "" if default["supported"] is not None else "at least "
+        lines += [
+            "",
+            f"The default certificate supports {more}{ours / guo['supported']:.1f}x as many "
+            f"removals as Guo's accumulated bound ({more}{ours} against {guo['supported']}).",
+        ]
     lines += [
         "",
         f"After {g['compared_at']} removals Guo's accumulated bound has grown "
