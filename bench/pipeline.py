@@ -194,7 +194,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
     latency_seconds = 4.0 if quick else 15.0
     phases = {  # worker batching per phase: big batches for throughput, short waits for latency
         "throughput": {"max_batch": 5_000, "max_wait": 0.5},
-        "latency": {"max_batch": 1_000, "max_wait": 0.02},
+        "latency": {"max_batch": 1_000, "max_wait": 0.04},
     }
     X, y = _adult()
     say(f"pipeline: Adult n={len(y)} d={X.shape[1]}; starting the services")

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # workers: batching and limits
     max_batch: int = Field(default=500, gt=0, le=100_000)
     max_wait: float = Field(default=0.5, gt=0, le=60)
-    fetch_max_wait: float = Field(default=0.1, gt=0, le=30)
+    fetch_max_wait: float = Field(default=0.05, gt=0, le=30)
     max_event_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
