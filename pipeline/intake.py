@@ -21,7 +21,15 @@ from typing import Any, Generic, TypeVar
 from pipeline.errors import SchemaError
 from pipeline.events import DeadLetter, Event, decode_event
 
-__all__ = ["REASONS", "Message", "Rejected", "dead_letter", "decode_message", "rejection_reason"]
+__all__ = [
+    "REASONS",
+    "Message",
+    "Rejected",
+    "dead_letter",
+    "decode_message",
+    "oversized",
+    "rejection_reason",
+]
 
 REASONS = (
     "oversized",
@@ -82,6 +90,18 @@ def rejection_reason(exc: SchemaError) -> str:
     return "schema"
 
 
+def oversized(message: Message, max_bytes: int, remedy: str) -> Rejected[Any] | None:
+    """The ``oversized`` rejection of a message over ``max_bytes``, or None if it fits."""
+    size = len(message.value or b"")
+    if size <= max_bytes:
+        return None
+    error = (
+        f"message of {size} bytes is larger than the limit of {max_bytes} "
+        f"(UNLEARN_MAX_EVENT_BYTES): {remedy}"
+    )
+    return Rejected(message, "oversized", error)
+
+
 def decode_message(
     message: Message, expected: type[E], *, max_bytes: int
 ) -> E | Rejected[E] | None:
@@ -96,12 +116,9 @@ def decode_message(
     value = message.value
     if value is None:
         return None
-    if len(value) > max_bytes:
-        error = (
-            f"message of {len(value)} bytes is larger than the limit of {max_bytes} "
-            "(UNLEARN_MAX_EVENT_BYTES): split it into several events"
-        )
-        return Rejected(message, "oversized", error)
+    too_big = oversized(message, max_bytes, "split it into several events")
+    if too_big is not None:
+        return too_big
     try:
         return decode_event(value, expected)
     except SchemaError as exc:

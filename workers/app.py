@@ -53,6 +53,8 @@ __all__ = ["Runtime", "build_app"]
 
 log = logging.getLogger("unlearn.worker")
 T = TypeVar("T")
+Parse = type[Event] | Callable[..., Any]
+"""How a batch's messages are decoded: an event type, or ``f(message, *, max_bytes)``."""
 
 FAST_TIMEOUTS = {
     "broker_session_timeout": 6.0,
@@ -249,12 +251,19 @@ def build_app(
         if event_times is not None:
             metrics.latencies(agent, datetime.now(UTC), event_times(outcome))
 
-    def decode(events: Sequence[Any], expected: type[Event]) -> tuple[list[Any], list[Any]]:
+    def decode(events: Sequence[Any], parse: Parse) -> tuple[list[Any], list[Any]]:
+        """(event, message) pairs and rejections of a batch; ``parse`` decodes a message:
+        an event type (:func:`~pipeline.intake.decode_message`) or a function of the
+        message and the size limit returning an event, a Rejected or None."""
         good, bad = [], []
         topics: dict[str, int] = {}
         for msg in map(Message.from_faust, events):
             topics[msg.topic] = topics.get(msg.topic, 0) + 1
-            result = decode_message(msg, expected, max_bytes=settings.max_event_bytes)
+            result = (
+                decode_message(msg, parse, max_bytes=settings.max_event_bytes)
+                if isinstance(parse, type)
+                else parse(msg, max_bytes=settings.max_event_bytes)
+            )
             if isinstance(result, Rejected):
                 bad.append(result)
             elif result is not None:
@@ -378,7 +387,7 @@ def build_app(
             await runtime.run(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
-    register_federated(app, runtime, publish, topic, guarded)
+    register_federated(app, runtime, publish, topic, guarded, decode)
     return app, runtime
 
 

@@ -9,7 +9,7 @@ dead letters, metrics), as the deletions agent does. Registered by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,6 @@ import faust
 
 from pipeline.applier import Outcome
 from pipeline.federated import FederatedCoordinator, decode_federated
-from pipeline.intake import Message, Rejected
 
 if TYPE_CHECKING:
     from workers.app import Runtime
@@ -28,6 +27,9 @@ Publish = Callable[..., Awaitable[None]]
 Work = Callable[[], Awaitable[list[Outcome]]]
 Guarded = Callable[[str, list[Any], Work], Awaitable[list[Outcome]]]
 """``guarded(what, messages, work)`` of :func:`workers.app.build_app`."""
+Decode = Callable[..., tuple[list[Any], list[Any]]]
+"""``decode(events, parse)`` of :func:`workers.app.build_app`: (event, message) pairs and
+rejections, events counted as consumed."""
 
 
 def register_federated(
@@ -36,27 +38,17 @@ def register_federated(
     publish: Publish,
     topic: Callable[[str], faust.TopicT],
     guarded: Guarded,
+    decode: Decode,
 ) -> FederatedCoordinator:
     """Add the ``federated`` agent to ``app``; returns the coordinator it drives."""
     coordinator = FederatedCoordinator(runtime.store, keep_versions=runtime.settings.keep_versions)
     federated_t = topic(runtime.topics.federated)
     metrics, settings = runtime.metrics, runtime.settings
 
-    def decode(events: Sequence[Any]) -> tuple[list[Any], list[Rejected[Any]]]:
-        good, bad = [], []
-        for msg in map(Message.from_faust, events):
-            metrics.consumed(msg.topic)
-            result = decode_federated(msg, max_bytes=settings.max_event_bytes)
-            if isinstance(result, Rejected):
-                bad.append(result)
-            elif result is not None:
-                good.append((result, msg))
-        return good, bad
-
     @app.agent(federated_t)
     async def federated(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
-            good, bad = decode(events)
+            good, bad = decode(events, decode_federated)
             with metrics.batch("federated", len(events)):
                 # Redis unreachable: retried; any other error: the batch is dead-lettered
                 outcomes = await guarded(

@@ -55,7 +55,7 @@ from pipeline.federated.logistic import FederatedLogistic
 from pipeline.federated.ridge import FederatedRidge
 from pipeline.federated.server import FederatedServer
 from pipeline.federated.statistics import ClientStatistics
-from pipeline.intake import Message, Rejected, rejection_reason
+from pipeline.intake import Message, Rejected, oversized, rejection_reason
 from pipeline.store import Store
 from pipeline.store.versions import ModelSpec
 
@@ -76,12 +76,9 @@ def decode_federated(message: Message, *, max_bytes: int) -> FederatedEvent | Re
     value = message.value
     if value is None:
         return None
-    if len(value) > max_bytes:
-        error = (
-            f"message of {len(value)} bytes is larger than the limit of {max_bytes} "
-            "(UNLEARN_MAX_EVENT_BYTES): a client's Hessian is d * d floats, reduce d"
-        )
-        return Rejected(message, "oversized", error)
+    too_big = oversized(message, max_bytes, "a client's Hessian is d * d floats, reduce d")
+    if too_big is not None:
+        return too_big
     try:
         event = decode_event(value)
     except SchemaError as exc:

@@ -37,7 +37,7 @@ from pipeline.errors import InvalidInput, UnknownClass
 from pipeline.federated.errors import FederatedError
 from pipeline.federated.server import Clients, FederatedServer
 from pipeline.unlearning.base import check_features
-from pipeline.unlearning.loss import sigmoid
+from pipeline.unlearning.loss import class_probabilities, predicted_index
 from pipeline.unlearning.report import UpdateReport
 
 __all__ = ["FederatedLogistic"]
@@ -160,18 +160,11 @@ class FederatedLogistic(FederatedServer):
 
     def predict_proba(self, X: ArrayLike) -> Array:
         """Class probabilities (one-vs-rest sigmoids normalised), shape (n_samples, n_classes)."""
-        Z = self.decision_function(X)
-        if not self._ovr:
-            p = sigmoid(Z)
-            return np.column_stack([1.0 - p, p])
-        P = sigmoid(Z)
-        return P / P.sum(axis=1, keepdims=True)
+        return class_probabilities(self.decision_function(X))
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Most likely class of every row (never a removed class)."""
-        Z = self.decision_function(X)
-        idx = np.argmax(Z, axis=1) if self._ovr else (Z > 0).astype(np.intp)
-        return self.classes_[idx]
+        return self.classes_[predicted_index(self.decision_function(X))]
 
     def score(self, X: ArrayLike, y: ArrayLike) -> float:
         """Mean accuracy."""

@@ -17,12 +17,9 @@ import numpy as np
 
 from pipeline.errors import InvalidInput
 from pipeline.store.versions import ModelVersion, VersionMetadata
+from pipeline.unlearning.loss import class_probabilities, predicted_index
 
 __all__ = ["LinearPredictor"]
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
 
 
 class LinearPredictor:
@@ -108,12 +105,7 @@ class LinearPredictor:
         if self.kind != "logistic":
             msg = f"model {self.metadata.model_id!r} is a {self.kind} regressor: no predict_proba"
             raise InvalidInput(msg)
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            return np.column_stack([_sigmoid(-scores), _sigmoid(scores)])
-        probs = _sigmoid(scores)
-        total = probs.sum(axis=1, keepdims=True)
-        return probs / np.where(total > 0.0, total, 1.0)
+        return class_probabilities(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels (logistic) or real values (ridge).
@@ -125,10 +117,7 @@ class LinearPredictor:
         if self.kind != "logistic":
             return self.decision_function(X)
         assert self.classes_ is not None
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            return self.classes_[(scores > 0.0).astype(np.intp)]
-        return self.classes_[np.argmax(scores, axis=1)]
+        return self.classes_[predicted_index(self.decision_function(X))]
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy (logistic) or coefficient of determination R^2 (ridge)."""

@@ -55,10 +55,11 @@ from pipeline.unlearning.curvature import (
 )
 from pipeline.unlearning.loss import (
     KAPPA,
+    class_probabilities,
     curvature_weights,
     gradient_terms,
     objective,
-    sigmoid,
+    predicted_index,
 )
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.report import UpdateReport
@@ -234,18 +235,11 @@ class LogisticUnlearner(BaseUnlearner):
 
     def predict_proba(self, X: ArrayLike) -> Array:
         """Class probabilities (one-vs-rest sigmoids normalised, as scikit-learn does)."""
-        Z = self.decision_function(X)
-        if self._K == 1:
-            p = sigmoid(Z)
-            return np.column_stack([1.0 - p, p])
-        P = sigmoid(Z)
-        return P / P.sum(axis=1, keepdims=True)
+        return class_probabilities(self.decision_function(X))
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Most likely class of every row."""
-        Z = self.decision_function(X)
-        idx = (Z > 0).astype(np.intp) if self._K == 1 else np.argmax(Z, axis=1)
-        return self.classes_[idx]
+        return self.classes_[predicted_index(self.decision_function(X))]
 
     def score(self, X: ArrayLike, y: ArrayLike) -> float:
         """Mean accuracy."""

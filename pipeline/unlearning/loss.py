@@ -25,10 +25,12 @@ from numpy.typing import NDArray
 
 __all__ = [
     "KAPPA",
+    "class_probabilities",
     "curvature_weights",
     "gradient",
     "gradient_terms",
     "objective",
+    "predicted_index",
     "sigmoid",
 ]
 
@@ -46,6 +48,26 @@ def sigmoid(z: Array) -> Array:
     ez = np.exp(z[~pos])
     out[~pos] = ez / (1.0 + ez)
     return out
+
+
+def class_probabilities(scores: Array) -> Array:
+    """Class probabilities from decision scores.
+
+    ``scores`` of shape (n,) (binary) give (n, 2); of shape (n, K) (one-vs-rest), the K
+    sigmoids normalised to sum to one, as scikit-learn does.
+    """
+    if scores.ndim == 1:
+        return np.column_stack([sigmoid(-scores), sigmoid(scores)])
+    probs = sigmoid(scores)
+    total = probs.sum(axis=1, keepdims=True)
+    return probs / np.where(total > 0.0, total, 1.0)
+
+
+def predicted_index(scores: Array) -> NDArray[np.intp]:
+    """Index into ``classes_`` of the most likely class, from scores as above."""
+    if scores.ndim == 1:
+        return (scores > 0.0).astype(np.intp)
+    return np.argmax(scores, axis=1)
 
 
 def gradient_terms(Z: Array, Y: Array, a: Array | None = None) -> Array:
