@@ -11,6 +11,13 @@ deletions so the worker has loaded it (a cold load reads every record from Redis
   kafka-python producer sends them; the rate is events over the time from the first send
   to the moment the worker's last version covering them is committed in Redis (its
   applied sequence number counts every request).
+* **drain**: the same worker stopped, ``n_events`` further requests published while it
+  is down, the worker started again: how fast it works through the backlog, from the
+  commit of its first version after the restart (which includes loading the model) to the
+  commit of its last, with the producer no longer competing for the two cores.
+* **faust ceiling**: the same backlog drained by a faust agent that does nothing with its
+  events (:mod:`bench.noop_agent`, built as the worker is): what faust's consumer and
+  stream machinery alone sustain here, an upper bound for any faust worker.
 * **latency**: requests sent at a fixed rate (1,000/s) for a few seconds; an event's
   latency is from its timestamp (set when it is sent) to the commit of the version it
   took effect in (the receipt's ``completed_at``, written in the same Redis transaction
@@ -22,16 +29,23 @@ deletions so the worker has loaded it (a cold load reads every record from Redis
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import Settings, resolve_services
@@ -111,15 +125,19 @@ def _train(store: Store, model: str, X: np.ndarray, y: np.ndarray) -> list[str]:
     return ids
 
 
+def _publish(producer: KafkaProducer, topic: str, model: str, ids: list[str]) -> None:
+    for rid in ids:
+        _send(producer, topic, _request(model, rid))
+    producer.flush()
+
+
 def _throughput(
     store: Store, producer: KafkaProducer, topics: Topics, ids: list[str], n: int, model: str
 ) -> dict[str, Any]:
     seq0 = store.models.applied_seq(model) or 0
     v0 = store.models.current_version(model)
     start = time.perf_counter()
-    for rid in ids[:n]:
-        _send(producer, topics.deletions, _request(model, rid))
-    producer.flush()
+    _publish(producer, topics.deletions, model, ids[:n])
     sent = time.perf_counter()
     done = _wait(
         lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 600, f"{n} deletions applied"
@@ -132,6 +150,67 @@ def _throughput(
         "producer_events_per_second": n / (sent - start),
         "versions_published": versions,
         "mean_batch": n / max(versions, 1),
+    }
+
+
+def _drain(store: Store, model: str, n: int) -> dict[str, Any]:
+    """Rate of a restarted worker through a backlog of ``n`` requests (see module doc)."""
+    seq0 = store.models.applied_seq(model) or 0
+    v0 = store.models.current_version(model)
+    _wait(lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 600, f"{n} backlog applied")
+    versions = [m for m in store.models.history(model) if m.version > v0]
+    first = min(versions, key=lambda m: m.version)
+    last = max(versions, key=lambda m: m.version)
+    seconds = (last.created_at - first.created_at).total_seconds()
+    counted = last.seq - first.seq  # the requests after the first batch
+    return {
+        "events": n,
+        "first_batch": first.seq - seq0,
+        "seconds": seconds,
+        "events_per_second": counted / seconds if seconds > 0 else float("nan"),
+        "versions_published": len(versions),
+        "mean_batch": n / len(versions),
+    }
+
+
+def _create_topic(bootstrap: str, name: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    finally:
+        admin.close()
+
+
+def _faust_ceiling(
+    bootstrap: str, producer: KafkaProducer, topic: str, ids: list[str], batching: dict[str, Any]
+) -> dict[str, Any]:
+    """A no-op faust agent through the same backlog (:mod:`bench.noop_agent`)."""
+    _publish(producer, topic, "noop", ids)
+    with tempfile.TemporaryDirectory(prefix="unlearn-noop-") as tmp:
+        result = Path(tmp) / "result.json"
+        env = dict(
+            os.environ,
+            NOOP_BOOTSTRAP=bootstrap,
+            NOOP_TOPIC=topic,
+            NOOP_EVENTS=str(len(ids)),
+            NOOP_MAX_BATCH=str(batching["max_batch"]),
+            NOOP_MAX_WAIT=str(batching["max_wait"]),
+            NOOP_RESULT=str(result),
+        )
+        subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "bench.noop_agent", "worker", "-l", "warn"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=600,
+            check=True,
+        )
+        found = json.loads(result.read_text())
+    return {
+        "events": found["events"],
+        "seconds": found["seconds"],
+        "events_per_second": (found["events"] - found["first_batch"]) / found["seconds"],
     }
 
 
@@ -212,7 +291,10 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
             for phase, worker_settings in phases.items():
                 ids = _train(store, phase, X, y)
                 logs = Path(f"/tmp/{tag}{phase}-worker.log")
-                with _worker(found.kafka_bootstrap, found.redis_url, tag, logs, **worker_settings):
+                worker = partial(
+                    _worker, found.kafka_bootstrap, found.redis_url, tag, logs, **worker_settings
+                )
+                with worker():
                     # the first batch loads the model (every record from Redis) and waits
                     # for the worker to join its group: not part of the figures
                     say(f"pipeline: {phase}: warming up ({WARMUP} deletions)")
@@ -235,6 +317,20 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                             store, producer, topics, ids[used:], LOW_RATE, latency_seconds, phase
                         )
                 results[phase]["worker_settings"] = worker_settings
+                if phase == "throughput":
+                    backlog = ids[WARMUP + n_events : WARMUP + 2 * n_events]
+                    say(f"pipeline: a backlog of {len(backlog)} deletions, the worker stopped")
+                    _publish(producer, topics.deletions, phase, backlog)
+                    with worker():
+                        results["drain"] = _drain(store, phase, len(backlog))
+                    say(f"pipeline: drained at {results['drain']['events_per_second']:.0f}/s")
+                    noop = f"{tag}noop"
+                    _create_topic(found.kafka_bootstrap, noop)
+                    results["faust_ceiling"] = _faust_ceiling(
+                        found.kafka_bootstrap, producer, noop, backlog, worker_settings
+                    )
+                    ceiling = results["faust_ceiling"]["events_per_second"]
+                    say(f"pipeline: a no-op faust agent drains it at {ceiling:.0f}/s")
             remaining = WARMUP + n_events
             refit = _sklearn_refit(X[remaining:], y[remaining:])
         finally:
@@ -245,6 +341,8 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
         "partitions": PARTITIONS,
         "embedded_services": found.embedded,
         "throughput": results["throughput"],
+        "drain": results["drain"],
+        "faust_ceiling": results["faust_ceiling"],
         "latency": results["latency"],
         "latency_low_rate": results["latency_low_rate"],
         "baseline": {

@@ -140,6 +140,7 @@ def _fidelity(f: dict[str, Any]) -> list[str]:
 
 def _pipeline(p: dict[str, Any]) -> list[str]:
     t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
+    drain, ceiling = p["drain"], p["faust_ceiling"]
     ds = p["dataset"]
     where = "embedded Tansu and redis-server" if p["embedded_services"] else "external services"
     return [
@@ -151,8 +152,10 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         "model and worker, warmed up first (the first batch loads the model). Events per "
         "second run from the first send to the Redis commit of the version covering the last "
         "event; an event's latency runs from its timestamp to the commit of the version it "
-        "took effect in (its receipt's `completed_at`). `unlearn bench pipeline --json` "
-        "prints these figures.",
+        "took effect in (its receipt's `completed_at`). The backlog figures run from the "
+        "first batch after the (re)start to the last, so they leave out the group join; "
+        "the no-op agent is built as the worker is and bounds what any faust worker can "
+        "consume on this machine. `unlearn bench pipeline --json` prints these figures.",
         "",
         "| figure | pipeline | target | scikit-learn baseline |",
         "|---|---|---|---|",
@@ -160,6 +163,10 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         f"{t['worker_settings']['max_batch']}, wait {t['worker_settings']['max_wait']} s) | "
         f"{t['events_per_second']:.0f} | 10,000 | {base['events_per_second_at_mean_batch']:.0f} "
         f"(a refit of {base['sklearn_refit_s']:.2f} s per batch of {t['mean_batch']:.0f}) |",
+        f"| sustained deletions/s draining a backlog of {drain['events']} (worker restarted, "
+        f"producer idle) | {drain['events_per_second']:.0f} | 10,000 | |",
+        f"| the same backlog through a faust agent that does nothing (`bench.noop_agent`) | "
+        f"{ceiling['events_per_second']:.0f} | | |",
         f"| versions published / mean batch | {t['versions_published']} / "
         f"{t['mean_batch']:.0f} | | |",
         f"| producer send rate (events/s) | {t['producer_events_per_second']:.0f} | | |",
