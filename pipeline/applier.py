@@ -355,7 +355,8 @@ class Applier:
         loaded.version, loaded.seq = result.version, new_seq
         loaded.extra = dict(result.metadata.extra)
         log.info(
-            "model %r v%d (seq %d): %d records erased, %d stored, %d requests, %d replays",
+            "model %r v%d (seq %d): %d records erased, %d stored, %d requests, %d replays; "
+            "engine %s",
             model_id,
             result.version,
             new_seq,
@@ -363,6 +364,7 @@ class Applier:
             len(result.added),
             len(plan.requests),
             plan.skipped,
+            ", ".join(_summary(r) for r in reports) or "unchanged",
         )
 
         out = Outcome(
@@ -707,6 +709,12 @@ class Applier:
             ts=_now(),
         )
         return Outcome(model_id, published=published.notice(), completed=completed)
+
+
+def _summary(report: UpdateReport) -> str:
+    """``fisher 2.1 ms`` (``, curvature recomputed`` when it was), for the batch log line."""
+    recomputed = ", curvature recomputed" if report.curvature_recomputed else ""
+    return f"{report.method} {report.seconds * 1e3:.1f} ms{recomputed}"
 
 
 def _certified(engine: Engine, model_id: str) -> list[UpdateReport]:

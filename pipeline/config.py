@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         it bounds the delivery latency; faust's fixed 1.5 s is replaced by this.
     max_event_bytes : int
         Larger messages are dead-lettered as ``oversized``.
+    blas_threads : int
+        BLAS threads for a worker's maths. One by default: the worker shares its cores
+        with the broker and Redis, and a multithreaded BLAS call whose second thread waits
+        for a busy core stalls the whole batch (a curvature recompute of 40 ms took 1.1 s
+        on the 2-core development machine with one other busy process).
     metrics_port : int
         Port of the worker's and the retrainer's Prometheus ``/metrics`` (0: a free port,
         announced at start).
@@ -126,6 +131,7 @@ class Settings(BaseSettings):
     max_wait: float = Field(default=0.5, gt=0, le=60)
     fetch_max_wait: float = Field(default=0.05, gt=0, le=30)
     max_event_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    blas_threads: int = Field(default=1, gt=0, le=1024)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     metrics_interval: float = Field(default=5.0, gt=0, le=3600)

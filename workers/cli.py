@@ -98,11 +98,13 @@ def worker(
 ) -> None:
     """Run a streaming worker (faust): apply deletions and new records, publish models."""
     from faust.worker import Worker
+    from threadpoolctl import threadpool_limits
 
     from pipeline.topics import Topics, ensure_topics
     from workers.app import build_app
 
     settings = load_settings()
+    threadpool_limits(settings.blas_threads)  # for the whole process (see Settings)
     with _services(settings) as found:
         ensure_topics(
             found.kafka_bootstrap,
