@@ -231,7 +231,7 @@ def build_app(
             log.warning("dead letter from %s: %s (%s)", msg.where, rej.error, rej.reason)
             metrics.dead_lettered(msg.topic, rej.reason)
             send(topics.dead_letter, msg.key, encode_event(dead_letter(rej)))
-        await deliver(app.producer, messages)
+        await deliver(app.kafka_producer(), messages)
 
     def observe_published(
         outcome: Outcome, agent: str, event_times: Callable[[Outcome], list[datetime]] | None
