@@ -172,7 +172,7 @@ class CurvatureCache:
             return np.zeros_like(b), 0.0
         tol2 = (rtol * bnorm) ** 2
         Hf = _fortran_upper(H)
-        dsymv, ssymv, f32 = blas.dsymv, blas.ssymv, np.float32
+        dsymv, ssymv, daxpy, f32 = blas.dsymv, blas.ssymv, blas.daxpy, np.float32
         x = np.zeros_like(b)
         for attempt in range(2):
             P = self._preconditioner(k, fresh=attempt > 0)
@@ -183,21 +183,21 @@ class CurvatureCache:
             z = ssymv(1.0, P, r.astype(f32), lower=0).astype(np.float64)
             p = z.copy()
             rz = r @ z
-            for it in range(self.refactor_after + 1):
+            for it in range(1, self.refactor_after + 1):
+                Hp = dsymv(1.0, Hf, p, lower=0)
+                alpha = rz / (p @ Hp)
+                x = daxpy(p, x, a=alpha)  # in place: no temporaries
+                r = daxpy(Hp, r, a=-alpha)
+                # tested before preconditioning r: the last iteration needs no z
                 if r @ r <= tol2:
                     self.last_iterations = it
                     true = float(np.linalg.norm(b - dsymv(1.0, Hf, x, lower=0)))
                     if true <= 10.0 * rtol * bnorm or attempt > 0:
                         return x, true
                     break  # the recursion drifted from the true residual: refactorise
-                Hp = dsymv(1.0, Hf, p, lower=0)
-                alpha = rz / (p @ Hp)
-                x += alpha * p
-                r -= alpha * Hp
                 z = ssymv(1.0, P, r.astype(f32), lower=0).astype(np.float64)
                 rz_new = r @ z
-                p *= rz_new / rz
-                p += z
+                p = daxpy(p, z, a=rz_new / rz)  # z + beta p, in z
                 rz = rz_new
         self.last_iterations = self.refactor_after
         return x, float(np.linalg.norm(b - symmetric_product(H, x)))

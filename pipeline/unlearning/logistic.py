@@ -25,9 +25,10 @@ iterations, whatever n is. Knowing the residual exactly costs two passes over th
 only when its running bound passes ``measure_above`` of the budget (and a Fisher step then
 corrects the measured residual). The running bound
 (:func:`~pipeline.unlearning.certify.residual_growth`) costs ``O(K d^2)`` a batch: it needs
-the step, the Gram matrix of the held records (kept like the curvature) and the cached
-weights' errors noted at the last measurement, and is tight enough that on MNIST 3 vs 8 a
-batch of 100 is measured once in five to seven. Nothing costs ``O(n d^2)`` except fitting and
+the step, the Gram matrix of the held records (kept like the curvature, and so is its
+product with the model's drift since the last measurement) and the cached weights' errors
+noted at that measurement, and is tight enough that on MNIST 3 vs 8 a batch of 100 is
+measured once in five to seven. Nothing costs ``O(n d^2)`` except fitting and
 the rare recomputation of the curvature, triggered when the residual shows the cached
 curvature has drifted (``drift_tol``), or when the curvature's staleness has forced as many
 measurements as a recomputation costs, and reported as ``curvature_recomputed``.
@@ -147,6 +148,8 @@ class LogisticUnlearner(BaseUnlearner):
     _weight_error: Array
     _err_norm: Array
     _wref: Array
+    _gram_drift: Array
+    _gram_drift_error: Array
     _terms: float
     _worst_case: float
     _gram: Array
@@ -309,10 +312,9 @@ class LogisticUnlearner(BaseUnlearner):
         weights = curvature_weights(self._margins(rec.X, self._W)) * rec.weights[:, None]
         self._curv.recompute(rec.X, weights, self.lam * rec.n_records)
         self._cref = weights
-        self._drift = np.zeros(self._K)
         self._weight_error = np.zeros(self._K)
         self._err_norm = np.zeros(self._K)
-        self._wref = self._W.copy()
+        self._restart_drift()
         self.n_curvature_recomputes_ += 1
         self._stale_measures = 0
         if self.certificate != "exact" and (gram or not hasattr(self, "_gram")):
@@ -435,21 +437,21 @@ class LogisticUnlearner(BaseUnlearner):
         if m == 0:
             return self._report(method, 0, 0, 0.0, absent=absent)
         n_before = rec.n_records
-        Xr = rec.X[rows]  # fancy indexing copies: zeroed below with the buffer's rows
-        Rr = gradient_terms(self._margins(Xr, self._W), self._signs(rec.targets[rows]))
-        delta = self._pullback(Rr, Xr) + self.lam * m * self._W
-        self._curv.add(Xr, self._cref[rows], self.lam * m, sign=-1.0)
-        self._terms += m
-        if self.certificate != "exact":
-            with single_thread():
-                rank_update(self._gram, Xr, -1.0)
+        # fancy indexing copies: the buffer's rows are erased at once, while still in cache,
+        # the copies once the batch is applied
+        Xr, signs, weights = rec.X[rows], self._signs(rec.targets[rows]), self._cref[rows]
         rec.erase(rows)
         self._cref[rows] = 0.0
-        Xr[:] = 0.0
+        Rr = gradient_terms(self._margins(Xr, self._W), signs)
+        delta = self._pullback(Rr, Xr) + self.lam * m * self._W
+        self._curv.add(Xr, weights, self.lam * m, sign=-1.0)
+        self._terms += m
         C = rec.max_norm
         self._worst_case += self._K * _worst_case_sum(C, self.lam, n_before - m + 1, n_before)
         # the residual on D' at the old model: previous residual minus the removed gradient
-        return self._step(+delta, method, n_removed=m, n_added=0, absent=absent)
+        report = self._step(+delta, method, Xr, -1.0, n_removed=m, n_added=0, absent=absent)
+        Xr[:] = 0.0
+        return report
 
     def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
         rec = self._fitted_records()
@@ -471,19 +473,19 @@ class LogisticUnlearner(BaseUnlearner):
         self._err_norm = np.sqrt(self._err_norm**2 + (errors**2).sum(axis=0))
         self._weight_error = np.maximum(self._weight_error, errors.max(axis=0))
         if self.certificate != "exact":
-            with single_thread():
-                rank_update(self._gram, Xa, 1.0)
             self._spectral = math.sqrt(self._spectral**2 + float((Xa * Xa).sum()))
         C = rec.max_norm
         self._worst_case += self._K * _worst_case_sum(
             C, self.lam, rec.n_records - m + 1, rec.n_records
         )
-        return self._step(-delta, self.method, n_removed=0, n_added=m, absent=())
+        return self._step(-delta, self.method, Xa, 1.0, n_removed=0, n_added=m, absent=())
 
     def _step(
         self,
         delta: Array,
         method: str,
+        batch: Array,
+        sign: float,
         *,
         n_removed: int,
         n_added: int,
@@ -497,7 +499,9 @@ class LogisticUnlearner(BaseUnlearner):
         old residual is known exactly at the current model (always with ``"exact"``, right
         after a measurement with ``"adaptive"``), a pass over the records with ``"bound"``;
         otherwise (``"adaptive"`` between measurements) the step is an influence step and
-        the Fisher correction waits for the next measurement.
+        the Fisher correction waits for the next measurement. ``batch`` holds the batch's
+        rows, leaving (``sign=-1``) or entering (``+1``) the Gram matrix of the bounding
+        certificates.
         """
         mode = self.certificate
         recomputed = False
@@ -520,8 +524,7 @@ class LogisticUnlearner(BaseUnlearner):
             self._W = self._W + step
             recomputed = self._measure(step, predicted, rhs) or recomputed
         else:
-            increments, mismatch = self._bound_increments(step, solve_residual)
-            self._W = self._W + step
+            increments, mismatch = self._take_bounded_step(step, solve_residual, batch, sign)
             self._cert = carried + increments
             self._residual_known = False
             self._drift += np.linalg.norm(step, axis=1)
@@ -589,8 +592,15 @@ class LogisticUnlearner(BaseUnlearner):
         else:
             self._weight_error = np.zeros(self._K)
             self._err_norm = np.zeros(self._K)
+        self._restart_drift()
+
+    def _restart_drift(self) -> None:
+        """Take the current model as the reference point ``w_ref`` of the bound's staleness
+        terms: the drift ``w - w_ref`` and its product with the Gram matrix restart at 0."""
         self._wref = self._W.copy()
         self._drift = np.zeros(self._K)
+        self._gram_drift = np.zeros_like(self._W)
+        self._gram_drift_error = np.zeros(self._K)
 
     def _measure(self, step: Array, predicted: Array, rhs: Array) -> bool:
         """Measure the residual after ``step``; recompute the curvature if it strayed from
@@ -621,37 +631,70 @@ class LogisticUnlearner(BaseUnlearner):
             recomputed = self._measure(step, np.zeros_like(step), old) or recomputed
         return recomputed
 
-    def _bound_increments(self, step: Array, solve_residual: Array) -> tuple[Array, Array]:
-        """Per-problem bound on the residual's growth, and the part of it due to staleness.
+    def _take_bounded_step(
+        self, step: Array, solve_residual: Array, batch: Array, sign: float
+    ) -> tuple[Array, Array]:
+        """Take ``step`` and bound, per problem, how much it grew the residual; returns the
+        bound and the part of it due to the cached curvature's staleness.
 
-        :func:`~pipeline.unlearning.certify.residual_growth` with Guo et al.'s Taylor term
-        for ``"bound"`` and the tighter one otherwise; ``O(K d^2)``, no pass over records.
+        The batch's rows B first enter (``sign=+1``) or leave (``-1``) the Gram matrix G.
+        The bound is :func:`~pipeline.unlearning.certify.residual_growth` with Guo et al.'s
+        Taylor term for ``"bound"`` and the tighter one otherwise; ``O(K d^2)``, no pass
+        over records. Its ``||X'v||`` takes one product with G. Its ``||X'D||``,
+        ``D = w - w_ref``, comes from ``G D``, kept from batch to batch instead of
+        recomputed: B changes it by ``B^T B D`` (``O(m d)``), the step by ``G v``, the
+        product just taken. ``_gram_drift_error`` bounds ``||G D - _gram_drift||`` (exact
+        G and D): it adds up the round-off of every update, see the comments below.
         """
         rec = self._fitted_records()
         C = rec.max_norm
         K = self._K
-        # ||X'v||^2 and ||X'D||^2 for every problem, from the Gram matrix
-        V = np.vstack([step, self._W - self._wref])
-        with single_thread():
-            Q = np.einsum("jd,jd->j", V, symmetric_product(self._gram, V))
+        u = certify.UNIT_ROUNDOFF
         roundoff = certify.roundoff_allowance(self._terms, C, self.lam * rec.n_records, self._width)
-        norms = np.linalg.norm(V, axis=1)
-        quad = np.sqrt(np.maximum(Q, 0.0) + roundoff * norms**2)
+        D = self._W - self._wref
+        with single_thread():
+            rank_update(self._gram, batch, sign)
+            self._gram_drift += sign * ((D @ batch.T) @ batch)
+            Gv = symmetric_product(self._gram, step)
+        step_norm, D_norm = np.linalg.norm(step, axis=1), np.linalg.norm(D, axis=1)
+        # B^T B D sums m terms (within the round-off allowance of m terms, per unit of ||D||);
+        # adding it rounds by u of the sum
+        batch_roundoff = certify.roundoff_allowance(batch.shape[0], C, 0.0, self._width)
+        self._gram_drift_error += batch_roundoff * D_norm + u * np.linalg.norm(
+            self._gram_drift, axis=1
+        )
+        # ||X'v||^2 <= v.Gv + roundoff ||v||^2 (the matrix's and the products' round-off), and
+        # likewise for D, with the kept product's error on top: + ||D|| _gram_drift_error
+        Xv = np.sqrt(np.maximum(np.einsum("kd,kd->k", step, Gv), 0.0) + roundoff * step_norm**2)
+        XD = np.sqrt(
+            np.maximum(np.einsum("kd,kd->k", D, self._gram_drift), 0.0)
+            + roundoff * D_norm**2
+            + D_norm * self._gram_drift_error
+        )
         taylor = "guo" if self.certificate == "bound" else "tight"
         inc, mismatch = np.empty(K), np.empty(K)
         for k in range(K):
             inc[k], mismatch[k] = certify.residual_growth(
                 C=C,
-                Xv_norm=float(quad[k]),
-                XD_norm=float(quad[K + k]),
+                Xv_norm=float(Xv[k]),
+                XD_norm=float(XD[k]),
                 err_norm=float(self._err_norm[k]),
                 err_max=float(self._weight_error[k]),
                 spectral=self._spectral,
                 solve_residual=float(solve_residual[k]),
-                step_norm=float(norms[k]),
+                step_norm=float(step_norm[k]),
                 roundoff=roundoff,
                 taylor=taylor,
             )
+        self._W = self._W + step
+        self._gram_drift += Gv
+        # Gv is within roundoff ||v|| of the exact product (as the bound's own products are);
+        # rounding w + v moves D by up to u ||w + v||, which G scales by up to ||X'||_2^2;
+        # the addition rounds by u of the sum
+        self._gram_drift_error += roundoff * step_norm + u * (
+            self._spectral**2 * np.linalg.norm(self._W, axis=1)
+            + np.linalg.norm(self._gram_drift, axis=1)
+        )
         return inc, mismatch
 
     def _report(
@@ -779,7 +822,23 @@ class LogisticUnlearner(BaseUnlearner):
                 X = model._fitted_records().X
                 model._gram = X.T @ X
                 model._spectral = certify.spectral_upper_bound(model._gram)
+        model._restore_gram_drift()
         return model
+
+    def _restore_gram_drift(self) -> None:
+        """``G (w - w_ref)`` for a resumed model, from one product (within ``roundoff`` of
+        exact per unit of ``||w - w_ref||``, as in :meth:`_take_bounded_step`)."""
+        D = self._W - self._wref
+        self._gram_drift = np.zeros_like(D)
+        self._gram_drift_error = np.zeros(self._K)
+        if self.certificate != "exact" and D.any():
+            rec = self._fitted_records()
+            with single_thread():
+                self._gram_drift = symmetric_product(self._gram, D)
+            roundoff = certify.roundoff_allowance(
+                self._terms, rec.max_norm, self.lam * rec.n_records, self._width
+            )
+            self._gram_drift_error = roundoff * np.linalg.norm(D, axis=1)
 
 
 def _worst_case_sum(C: float, lam: float, first: int, last: int) -> float:

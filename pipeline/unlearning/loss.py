@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import expit
 
 __all__ = [
     "KAPPA",
@@ -41,13 +42,9 @@ KAPPA = 1.0 / (6.0 * np.sqrt(3.0))
 
 
 def sigmoid(z: Array) -> Array:
-    """Numerically stable logistic function, elementwise."""
-    out = np.empty_like(z, dtype=np.float64)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
+    """Numerically stable logistic function, elementwise (SciPy's ``expit``: one ufunc,
+    several times faster than masked numpy branches)."""
+    return np.asarray(expit(z), dtype=np.float64)
 
 
 def class_probabilities(scores: Array) -> Array:

@@ -112,15 +112,16 @@ class RecordTable:
         Duplicates within ``ids`` count once. Raises :class:`UnknownRecord` for an id the
         table never held.
         """
+        unique = list(dict.fromkeys(ids))
+        # the common case, every id held, in C-level loops: after a batch's matrix products
+        # the index is out of cache, and each Python-level step per id costs a miss
+        held = list(map(self._row_of.get, unique))
+        if None not in held:
+            return np.asarray(held, dtype=np.intp), unique, []
         rows: list[int] = []
         found: list[Hashable] = []
         absent: list[Hashable] = []
-        seen: set[Hashable] = set()
-        for record_id in ids:
-            if record_id in seen:
-                continue
-            seen.add(record_id)
-            row = self._row_of.get(record_id)
+        for record_id, row in zip(unique, held, strict=True):
             if row is not None:
                 rows.append(row)
                 found.append(record_id)

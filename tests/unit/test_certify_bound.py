@@ -152,3 +152,61 @@ def test_frequent_measurements_buy_a_fresh_curvature(mnist_3v8, monkeypatch):
         assert report.certificate >= _residuals(model).sum() * (1 - 1e-9)
     assert any(flags) and model.n_curvature_recomputes_ > start
     assert model._stale_measures <= 3
+
+
+def _gram_products(model, V):
+    """``X'^T X' v`` for every row of V over the held records, in extended precision."""
+    rec = model._records
+    X = rec.X[rec.weights > 0].astype(np.longdouble)
+    return (X @ np.asarray(V, dtype=np.longdouble).T).T @ X
+
+
+@pytest.mark.parametrize("name", ["mnist", "digits"])
+def test_kept_gram_drift_product_bounds_the_drift(request, mnist_3v8, monkeypatch, name):
+    """The bound's ||X'v|| and ||X'(w - w_ref)|| are upper bounds of the exact norms over the
+    held records at every batch, and the certificate of the exact residual. ``G (w - w_ref)``
+    is kept across batches, not recomputed: it must stay within the error the bound charges
+    for it, also after a checkpoint."""
+    if name == "mnist":
+        X, y = mnist_3v8.X[:2500], mnist_3v8.y[:2500]
+    else:
+        X, y = request.getfixturevalue("digits")  # ten classes: one-vs-rest
+    model = _never_measuring(X, y, lam=1e-3, sigma=1.0)
+    seen = []
+    growth = certify.residual_growth
+
+    def spy(**kwargs):
+        seen.append((kwargs["Xv_norm"], kwargs["XD_norm"]))
+        return growth(**kwargs)
+
+    monkeypatch.setattr(certify, "residual_growth", spy)
+    order = np.random.default_rng(11).permutation(len(y))
+    for b in range(9):
+        W, D = model._W.copy(), model._W - model._wref
+        seen.clear()
+        if b % 3 == 2:  # learn some back under new ids: the kept product follows additions
+            back = order[:30]
+            model.learn(X[back], y[back], ids=[f"back-{b}-{i}" for i in back])
+        else:
+            model.forget(order[b * 60 : (b + 1) * 60].tolist())
+        step = model._W - W
+        exact = _gram_products(model, np.vstack([step, D]))
+        K = len(step)
+        xv = np.sqrt(np.einsum("kd,kd->k", step, exact[:K].astype(float)))
+        xd = np.sqrt(np.einsum("kd,kd->k", D, exact[K:].astype(float)))
+        bounded = np.array(seen)
+        assert (bounded[:, 0] >= xv * (1 - 1e-12)).all(), (b, bounded[:, 0], xv)
+        assert (bounded[:, 1] >= xd * (1 - 1e-12)).all(), (b, bounded[:, 1], xd)
+        assert np.abs(D).max() > 0 or b == 0
+        assert model.certificate_ >= _residuals(model).sum() * (1 - 1e-9)
+        kept = model._W - model._wref
+        error = np.linalg.norm(
+            (_gram_products(model, kept) - model._gram_drift).astype(float), axis=1
+        )
+        assert (error <= model._gram_drift_error).all(), (b, error, model._gram_drift_error)
+    resumed = LogisticUnlearner.from_state_dict(model.state_dict(include_records=True))
+    error = np.linalg.norm(
+        (_gram_products(resumed, kept) - resumed._gram_drift).astype(float), axis=1
+    )
+    assert (error <= resumed._gram_drift_error).all()
+    assert (resumed._gram_drift_error > 0).all()
