@@ -322,10 +322,12 @@ class Applier:
             return self._close_unchanged(model_id, loaded, plan)
 
         reports: list[UpdateReport] = []
-        erased_features: list[StoredRecord | None] = []
+        erased: list[tuple[str, np.ndarray, Any]] = []
         try:
-            if in_flight and plan.removed:
-                erased_features = self.store.records.get_many(model_id, list(plan.removed))
+            if in_flight and plan.removed:  # kept for the merge, from the engine's memory
+                ids = list(plan.removed)
+                X, labels = loaded.engine.held_records(ids)
+                erased = list(zip(ids, X, labels.tolist(), strict=True))
             if plan.removed:
                 reports.append(loaded.engine.forget(list(plan.removed)))
             if plan.added:
@@ -346,9 +348,7 @@ class Applier:
             raise
 
         new_seq = result.metadata.seq
-        for rec in erased_features:
-            if rec is not None:
-                loaded.retained.append((new_seq, rec.record_id, rec.features, rec.label))
+        loaded.retained.extend((new_seq, rid, x, label) for rid, x, label in erased)
         for rid in plan.removed:
             loaded.held.pop(rid, None)
         loaded.held.update((rid, rec.subject_id) for rid, rec in plan.added.items())

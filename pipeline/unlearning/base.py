@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from pipeline.errors import InvalidInput, NotFitted, UnknownClass
+from pipeline.errors import InvalidInput, NotFitted, UnknownClass, UnknownRecord
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.report import UpdateReport
 
@@ -142,6 +142,19 @@ class BaseUnlearner(ABC):
         """Ids of the records the model holds now."""
         return self._fitted_records().ids()
 
+    def held_records(self, ids: Sequence[Hashable]) -> tuple[Array, NDArray[Any]]:
+        """Features (as learned) and labels of held records, in the order of ``ids``.
+
+        Copies, shape ``(len(ids), n_features_in_)``. Raises
+        :class:`~pipeline.errors.UnknownRecord` for an id the model does not hold.
+        """
+        records = self._fitted_records()
+        rows, _found, absent = records.locate(ids)
+        if absent:
+            raise UnknownRecord(absent[0])
+        X = records.X[rows, : self.n_features_in_]
+        return X, self._decode_targets(records.targets[rows])
+
     @property
     def _width(self) -> int:
         return self.n_features_in_ + int(self.fit_intercept)
@@ -252,6 +265,10 @@ class BaseUnlearner(ABC):
 
     @abstractmethod
     def _encode_learn_targets(self, y: NDArray[Any]) -> NDArray[Any]: ...
+
+    @abstractmethod
+    def _decode_targets(self, targets: NDArray[Any]) -> NDArray[Any]:
+        """Labels as given to ``fit``/``learn``, from stored targets."""
 
     @abstractmethod
     def _resolve_method(self, method: str | None) -> str: ...

@@ -261,6 +261,9 @@ class LogisticUnlearner(BaseUnlearner):
     def _encode_learn_targets(self, y: NDArray[Any]) -> NDArray[np.int64]:
         return self._label_indices(y)
 
+    def _decode_targets(self, targets: NDArray[Any]) -> NDArray[Any]:
+        return self.classes_[targets]
+
     def _resolve_method(self, method: str | None) -> str:
         method = self.method if method is None else method
         if method not in METHODS:

@@ -118,6 +118,9 @@ class RidgeUnlearner(BaseUnlearner):
             raise InvalidInput(msg)
         return arr
 
+    def _decode_targets(self, targets: NDArray[Any]) -> NDArray[Any]:
+        return targets.copy()
+
     def _resolve_method(self, method: str | None) -> str:
         if method is not None and method not in METHODS:
             msg = f"method must be one of {METHODS}, got {method!r}"

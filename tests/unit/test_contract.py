@@ -125,3 +125,20 @@ def test_bad_features_are_rejected_with_the_row(kind, data):
         model.learn(bad, y[:3], ids=["a", "b", "c"])
     with pytest.raises(InvalidInput, match="features"):
         model.learn(X[:2, :-1], y[:2], ids=["a", "b"])
+
+
+def test_held_records_are_the_features_and_labels_learned(kind, data):
+    X, y = data
+    model = KINDS[kind]().fit(X, y)
+    model.forget([0, 1])
+    model.learn(X[:2], y[:2], ids=["again-0", "again-1"])
+    ids = [7, "again-1", 3]
+    features, labels = model.held_records(ids)
+    np.testing.assert_array_equal(features, X[[7, 1, 3]])
+    np.testing.assert_array_equal(labels, y[[7, 1, 3]])
+    features[:] = 0.0  # a copy: the model keeps its records
+    np.testing.assert_array_equal(model.held_records([7])[0], X[[7]])
+    with pytest.raises(UnknownRecord, match="0"):
+        model.held_records([0])  # forgotten
+    with pytest.raises(UnknownRecord, match="nope"):
+        model.held_records(["nope"])
