@@ -210,7 +210,7 @@ class BaseUnlearner(ABC):
         state: dict[str, Any] = {
             "n_features_in": self.n_features_in_,
             "record_ids_json": encode_ids(rec.ids()),
-            "forgotten_ids_json": encode_ids(sorted(rec.forgotten, key=repr)),
+            "forgotten_ids_json": encode_ids(list(rec.forgotten)),
             "n_appended": rec.n_appended,
             "max_norm": rec.max_norm,
         }
@@ -249,7 +249,7 @@ class BaseUnlearner(ABC):
             targets = self._encode_learn_targets(np.asarray(y)[order])
         rec = RecordTable(self._width, len(saved), targets.dtype.type)
         rec.append(self._augment(Xs), targets, saved)
-        rec.forgotten = set(decode_ids(state["forgotten_ids_json"]))
+        rec.forgotten = dict.fromkeys(decode_ids(state["forgotten_ids_json"]))
         rec.n_appended = int(state["n_appended"])
         rec.max_norm = float(state["max_norm"])
         self._records = rec
