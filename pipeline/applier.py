@@ -205,6 +205,7 @@ class Applier:
         self.retrigger_after = retrigger_after
         self._models: dict[str, _Loaded] = {}
         self._triggered: dict[str, float] = {}
+        self.loads = 0  # models (re)loaded from Redis so far
 
     # ---- routing deletions -------------------------------------------------------------
     def route(self, forgets: list[Forget]) -> tuple[dict[str, list[Forget]], Outcome]:
@@ -302,6 +303,7 @@ class Applier:
     # ---- applying a batch -------------------------------------------------------------
     def apply(self, model_id: str, ops: list[Op], *, _attempt: int = 0) -> Outcome:
         """Apply a batch of events (in order) to one model; see the module docstring."""
+        start = time.perf_counter()
         try:
             loaded = self._load(model_id)
         except UnknownModel as exc:
@@ -355,8 +357,8 @@ class Applier:
         loaded.version, loaded.seq = result.version, new_seq
         loaded.extra = dict(result.metadata.extra)
         log.info(
-            "model %r v%d (seq %d): %d records erased, %d stored, %d requests, %d replays; "
-            "engine %s",
+            "model %r v%d (seq %d): %d records erased, %d stored, %d requests, %d replays "
+            "in %.1f ms; engine %s",
             model_id,
             result.version,
             new_seq,
@@ -364,6 +366,7 @@ class Applier:
             len(result.added),
             len(plan.requests),
             plan.skipped,
+            (time.perf_counter() - start) * 1e3,
             ", ".join(_summary(r) for r in reports) or "unchanged",
         )
 
@@ -585,6 +588,7 @@ class Applier:
             holdout=load_holdout(self.store, model_id),
         )
         self._models[model_id] = loaded
+        self.loads += 1
         log.info(
             "loaded model %r v%d (%d records, seq %d)",
             model_id,

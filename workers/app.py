@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import json
 import logging
 import os
@@ -87,7 +88,15 @@ class Runtime:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the applier's thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        return await loop.run_in_executor(self.executor, self._run_and_settle, fn, args)
+
+    def _run_and_settle(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        loads = self.applier.loads
+        try:
+            return fn(*args)
+        finally:
+            if self.applier.loads != loads:
+                _settle_heap()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -389,6 +398,25 @@ def build_app(
 
     register_federated(app, runtime, publish, topic, guarded, decode)
     return app, runtime
+
+
+def _settle_heap() -> None:
+    """Collect once after a model load, then freeze what survived.
+
+    A loaded model is a few hundred thousand long-lived objects (its record ids and
+    subjects, the engine's index). Python's full collections scan every tracked object
+    and hold the GIL meanwhile: on Adult (48,842 records) each took 80-115 ms, every few
+    seconds under load, and stalled the event loop with the batch. Frozen objects are
+    left out of those scans; they are still freed as soon as nothing refers to them.
+    """
+    start = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "heap settled after a model load in %.0f ms (%d objects frozen)",
+        (time.perf_counter() - start) * 1e3,
+        gc.get_freeze_count(),
+    )
 
 
 def _faust_dir() -> str:

@@ -195,3 +195,5 @@ def test_ten_thousand_deletions_are_applied_exactly_once(pipe) -> None:
     np.testing.assert_allclose(published.coef, direct.coef_, rtol=1e-8, atol=1e-10)
     assert published.metadata.n_records == n - 10_000
     assert pipe.store.records.count("stream") == n - 10_000
+    # the model's load was followed by a full collection and a freeze (workers.app)
+    assert "heap settled after a model load" in pipe.log("worker")
