@@ -38,10 +38,10 @@ from pipeline.faults import crash_point
 from pipeline.store.checkpoints import stage_checkpoint
 from pipeline.store.codec import StateValue, encode_array, encode_state
 from pipeline.store.keys import KeySpace
-from pipeline.store.receipts import index_requests, next_receipt, stage_receipts
+from pipeline.store.receipts import next_receipt, stage_receipts
 from pipeline.store.records import (
     StoredRecord,
-    index_subjects,
+    index_model,
     prune_subject_index,
     read_subjects,
     stage_add,
@@ -271,9 +271,15 @@ class Publication:
             msg = f"publication of {self.model_id!r} was already committed"
             raise InvalidInput(msg)
         keys, model_id = self._keys, self.model_id
-        self._r.sadd(keys.model_index(), model_id)
-        index_subjects(self._r, keys, model_id, (rec.subject_id for rec in self._adds.values()))
-        index_requests(self._r, keys, model_id, self._receipts)
+        index_model(
+            self._r,
+            model_id,
+            [
+                keys.model_index(),
+                *(keys.subject_models(rec.subject_id) for rec in self._adds.values()),
+                *map(keys.request_models, self._receipts),
+            ],
+        )
         current_key = keys.current(model_id)
         with self._r.pipeline(transaction=True) as pipe:
             for _ in range(_MAX_RETRIES):
@@ -294,8 +300,8 @@ class Publication:
                 msg = f"publication of {model_id!r} kept conflicting with record writes"
                 raise InvalidInput(msg)
         self._committed = True
+        # a subject that also gained a record here still has its set: never pruned
         prune_subject_index(self._r, keys, model_id, plan.erase.values())
-        index_subjects(self._r, keys, model_id, (rec.subject_id for rec in plan.added))
         return PublishResult(
             metadata=plan.metadata,
             added=[r.record_id for r in plan.added],

@@ -24,6 +24,7 @@ import redis
 from pipeline.errors import InvalidInput
 from pipeline.events import Receipt, ReceiptStatus
 from pipeline.store.keys import KeySpace
+from pipeline.store.records import index_model
 
 __all__ = [
     "DEFAULT_LEGAL_DEADLINE",
@@ -100,18 +101,9 @@ def stage_receipts(pipe: Any, keys: KeySpace, receipts: Iterable[Receipt]) -> No
 
 
 def index_requests(client: Any, keys: KeySpace, model_id: str, request_ids: Iterable[str]) -> None:
-    """Add ``model_id`` to the request -> models index of each request (one round trip).
-
-    The index spans models (its own hash slot), so it is written before the model's
-    transaction: a superset is harmless, a receipt with no index entry would be lost.
-    """
-    ids = list(dict.fromkeys(request_ids))
-    if not ids:
-        return
-    pipe = client.pipeline(transaction=False)
-    for request_id in ids:
-        pipe.sadd(keys.request_models(request_id), model_id)
-    pipe.execute()
+    """Add ``model_id`` to the request -> models index of each request (one round trip,
+    before the model's transaction: :func:`~pipeline.store.records.index_model`)."""
+    index_model(client, model_id, map(keys.request_models, request_ids))
 
 
 def _parse(raw: Any) -> Receipt | None:

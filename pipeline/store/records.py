@@ -120,15 +120,26 @@ def stage_erase(pipe: Any, keys: KeySpace, model_id: str, subjects: dict[str, st
         pipe.srem(keys.subject_records(model_id, subject_id), *ids)
 
 
-def index_subjects(client: Any, keys: KeySpace, model_id: str, subject_ids: Iterable[str]) -> None:
-    """Add ``model_id`` to the subject -> models index of each subject (one round trip)."""
-    subjects = sorted(set(subject_ids))
-    if not subjects:
+def index_model(client: Any, model_id: str, index_keys: Iterable[str]) -> None:
+    """Add ``model_id`` to each of these index sets (subject -> models, request -> models,
+    the model registry), in one round trip.
+
+    The indexes live outside the model's hash slot, so a writer adds to them before the
+    model's transaction: a superset is harmless, a record or receipt no index reaches
+    would be lost.
+    """
+    unique = list(dict.fromkeys(index_keys))
+    if not unique:
         return
     pipe = client.pipeline(transaction=False)
-    for subject_id in subjects:
-        pipe.sadd(keys.subject_models(subject_id), model_id)
+    for key in unique:
+        pipe.sadd(key, model_id)
     pipe.execute()
+
+
+def index_subjects(client: Any, keys: KeySpace, model_id: str, subject_ids: Iterable[str]) -> None:
+    """Add ``model_id`` to the subject -> models index of each subject (one round trip)."""
+    index_model(client, model_id, map(keys.subject_models, subject_ids))
 
 
 def read_subjects(client: Any, keys: KeySpace, model_id: str, ids: Sequence[str]) -> list[Any]:
@@ -182,7 +193,7 @@ class RecordStore:
         batch = list({rec.record_id: rec for rec in records}.values())
         if not batch:
             return []
-        self._index_subjects(model_id, batch)
+        index_subjects(self._r, self._keys, model_id, (rec.subject_id for rec in batch))
         recs_key = self._keys.records(model_id)
         with self._r.pipeline(transaction=True) as pipe:
             while True:
@@ -196,11 +207,7 @@ class RecordStore:
                     break
                 except redis.WatchError:
                     continue
-        self._index_subjects(model_id, new)
         return [rec.record_id for rec in new]
-
-    def _index_subjects(self, model_id: str, records: Sequence[StoredRecord]) -> None:
-        index_subjects(self._r, self._keys, model_id, (rec.subject_id for rec in records))
 
     def get(self, model_id: str, record_id: str) -> StoredRecord | None:
         """One record, or ``None`` if the model does not hold it."""
