@@ -48,6 +48,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from sklearn.linear_model import LogisticRegression
 
+from bench.rates import format_rate, per_second
 from pipeline.config import Settings, resolve_services
 from pipeline.datasets import load
 from pipeline.events import DeletionRequested, encode_event
@@ -56,7 +57,7 @@ from pipeline.topics import Topics, ensure_topics
 from pipeline.training import Table, train_model
 from workers.processes import child_env, spawn, stop
 
-__all__ = ["run_pipeline_bench"]
+__all__ = ["ceiling_figures", "run_pipeline_bench"]
 
 Log = Callable[[str], object]
 PARAMS = {"lam": 1e-3, "sigma": 10.0, "epsilon": 1.0, "delta": 1e-4, "seed": 0}
@@ -146,8 +147,8 @@ def _throughput(
     return {
         "events": n,
         "seconds": done - start,
-        "events_per_second": n / (done - start),
-        "producer_events_per_second": n / (sent - start),
+        "events_per_second": per_second(n, done - start),
+        "producer_events_per_second": per_second(n, sent - start),
         "versions_published": versions,
         "mean_batch": n / max(versions, 1),
     }
@@ -167,7 +168,7 @@ def _drain(store: Store, model: str, n: int) -> dict[str, Any]:
         "events": n,
         "first_batch": first.seq - seq0,
         "seconds": seconds,
-        "events_per_second": counted / seconds if seconds > 0 else float("nan"),
+        "events_per_second": per_second(counted, seconds),
         "versions_published": len(versions),
         "mean_batch": n / len(versions),
     }
@@ -206,11 +207,19 @@ def _faust_ceiling(
             timeout=600,
             check=True,
         )
-        found = json.loads(result.read_text())
+        return ceiling_figures(json.loads(result.read_text()))
+
+
+def ceiling_figures(found: dict[str, Any]) -> dict[str, Any]:
+    """The no-op agent's result (:mod:`bench.noop_agent`) as the report's figures.
+
+    The rate counts the events after the first batch over the time from the first batch
+    to the last; a backlog taken in one batch leaves no window, and the rate is ``None``.
+    """
     return {
         "events": found["events"],
         "seconds": found["seconds"],
-        "events_per_second": (found["events"] - found["first_batch"]) / found["seconds"],
+        "events_per_second": per_second(found["events"] - found["first_batch"], found["seconds"]),
     }
 
 
@@ -237,7 +246,7 @@ def _latency(
         if i % 50 == 0:
             producer.flush()  # keep the client from holding events back
     producer.flush()
-    achieved = n / (time.perf_counter() - start)
+    achieved = per_second(n, time.perf_counter() - start)
     _wait(lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 300, "latency run applied")
     receipts = store.receipts.get_many(list(sent), model)
     lat = np.array(
@@ -305,7 +314,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                             store, producer, topics, ids[WARMUP:], n_events, phase
                         )
                         rate = results[phase]["events_per_second"]
-                        say(f"pipeline: {rate:.0f} events/s")
+                        say(f"pipeline: {format_rate(rate)} events/s")
                     else:
                         say(f"pipeline: latency at 1,000 events/s for {latency_seconds:g} s")
                         results[phase] = _latency(
@@ -323,14 +332,15 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                     _publish(producer, topics.deletions, phase, backlog)
                     with worker():
                         results["drain"] = _drain(store, phase, len(backlog))
-                    say(f"pipeline: drained at {results['drain']['events_per_second']:.0f}/s")
+                    drained = format_rate(results["drain"]["events_per_second"])
+                    say(f"pipeline: drained at {drained}/s")
                     noop = f"{tag}noop"
                     _create_topic(found.kafka_bootstrap, noop)
                     results["faust_ceiling"] = _faust_ceiling(
                         found.kafka_bootstrap, producer, noop, backlog, worker_settings
                     )
                     ceiling = results["faust_ceiling"]["events_per_second"]
-                    say(f"pipeline: a no-op faust agent drains it at {ceiling:.0f}/s")
+                    say(f"pipeline: a no-op faust agent drains it at {format_rate(ceiling)}/s")
             remaining = WARMUP + n_events
             refit = _sklearn_refit(X[remaining:], y[remaining:])
         finally:
@@ -347,6 +357,8 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
         "latency_low_rate": results["latency_low_rate"],
         "baseline": {
             "sklearn_refit_s": refit,
-            "events_per_second_at_mean_batch": results["throughput"]["mean_batch"] / refit,
+            "events_per_second_at_mean_batch": per_second(
+                results["throughput"]["mean_batch"], refit
+            ),
         },
     }

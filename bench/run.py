@@ -13,6 +13,7 @@ from typing import Any
 from bench import federated
 from bench.engine import run_engine_bench
 from bench.pipeline import run_pipeline_bench
+from bench.rates import format_rate
 
 
 def _ms(seconds: float) -> str:
@@ -161,20 +162,21 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
         f"| sustained deletions/s ({t['events']} events, batches up to "
         f"{t['worker_settings']['max_batch']}, wait {t['worker_settings']['max_wait']} s) | "
-        f"{t['events_per_second']:.0f} | 10,000 | {base['events_per_second_at_mean_batch']:.0f} "
+        f"{format_rate(t['events_per_second'])} | 10,000 | "
+        f"{format_rate(base['events_per_second_at_mean_batch'])} "
         f"(a refit of {base['sklearn_refit_s']:.2f} s per batch of {t['mean_batch']:.0f}) |",
         f"| sustained deletions/s draining a backlog of {drain['events']} (worker restarted, "
-        f"producer idle) | {drain['events_per_second']:.0f} | 10,000 | |",
+        f"producer idle) | {format_rate(drain['events_per_second'])} | 10,000 | |",
         f"| the same backlog through a faust agent that does nothing (`bench.noop_agent`) | "
-        f"{ceiling['events_per_second']:.0f} | | |",
+        f"{format_rate(ceiling['events_per_second'])} | | |",
         f"| versions published / mean batch | {t['versions_published']} / "
         f"{t['mean_batch']:.0f} | | |",
-        f"| producer send rate (events/s) | {t['producer_events_per_second']:.0f} | | |",
-        f"| latency p50 / p95 / p99 / max (s) at {lat['achieved_rate']:.0f} events/s "
+        f"| producer send rate (events/s) | {format_rate(t['producer_events_per_second'])} | | |",
+        f"| latency p50 / p95 / p99 / max (s) at {format_rate(lat['achieved_rate'])} events/s "
         f"({lat['events']} events, wait {lat['worker_settings']['max_wait']} s) | "
         f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f} / {lat['p99_s']:.3f} / {lat['max_s']:.3f} | "
         "p99 < 0.25 | |",
-        f"| latency p50 / p95 / p99 / max (s) at {low['achieved_rate']:.0f} events/s | "
+        f"| latency p50 / p95 / p99 / max (s) at {format_rate(low['achieved_rate'])} events/s | "
         f"{low['p50_s']:.3f} / {low['p95_s']:.3f} / {low['p99_s']:.3f} / {low['max_s']:.3f} | | |",
         "",
     ]

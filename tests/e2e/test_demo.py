@@ -29,7 +29,6 @@ def test_demo_end_to_end_on_embedded_services() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_")}
     env["COLUMNS"] = "160"
     before = set(_pipeline_processes())
-    start = time.monotonic()
     done = subprocess.run(
         [UNLEARN, "demo", "--subjects", "6", "--records", "80"],
         env=env,
@@ -37,9 +36,7 @@ def test_demo_end_to_end_on_embedded_services() -> None:
         text=True,
         timeout=170,
     )
-    took = time.monotonic() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert took < 120
     assert "dev mode: started embedded Kafka" in done.stderr
     out = done.stdout
     for line in (
