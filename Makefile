@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,11 @@ lint: $(STAMP) ## ruff (lint and format check) and mypy on pipeline/
 	$(VENV)/bin/ruff format --check pipeline workers tests bench
 	$(VENV)/bin/mypy pipeline
 
-test: $(STAMP) tools lint ## Lint, then the whole test suite (unit, integration, end-to-end)
+test: $(STAMP) tools lint ## Lint, then the whole test suite (every tier); what CI runs
 	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP) ## The inner loop: engine, real data, store on a real Redis (no broker)
+	$(VENV)/bin/pytest -q -m "unit or fidelity or redis"
 
 demo: $(STAMP) ## Run the main job end to end on embedded services
 	$(VENV)/bin/unlearn demo
@@ -42,4 +45,4 @@ bench: $(STAMP) ## Run the benchmarks and write BENCHMARKS.md
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install tools lint test demo bench clean
+.PHONY: help install tools lint test test-fast demo bench clean

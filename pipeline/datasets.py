@@ -32,25 +32,28 @@ class Dataset:
     y_test: NDArray[np.int64] | None
 
 
-_WORKSPACE = Path("/work/shared/datasets")
-"""The team workspace's copy, for clones made elsewhere (CI clones into a fresh folder)."""
+_VARIABLE = "UNLEARN_DATASETS"
 
 
 def dataset_dir() -> Path:
-    """Where the datasets live.
+    """Where the datasets live: ``$UNLEARN_DATASETS``, else ``<project>/../shared/datasets``.
 
-    ``$UNLEARN_DATASETS`` if set; else ``<project>/../shared/datasets`` (the workspace
-    layout); else the workspace's own folder, so that a clone anywhere on the machine
-    finds them. When none exists, the first candidate is returned and :func:`load` says
-    which variable to set.
+    Raises
+    ------
+    ConfigError
+        Neither exists; the message names both and how to fix it.
     """
-    env = os.environ.get("UNLEARN_DATASETS")
-    if env:
-        return Path(env)
+    env = os.environ.get(_VARIABLE)
     beside = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    if not beside.is_dir() and _WORKSPACE.is_dir():
-        return _WORKSPACE
-    return beside
+    root = Path(env) if env else beside
+    if not root.is_dir():
+        given = f"{_VARIABLE}={env} is not a folder" if env else f"{_VARIABLE} is not set"
+        msg = (
+            f"the datasets folder was not found: {given}, and {beside} does not exist; "
+            f"set {_VARIABLE} to the folder that holds the project's .npz datasets"
+        )
+        raise ConfigError(msg)
+    return root
 
 
 def guo_preprocess(X: NDArray[np.generic]) -> NDArray[np.float64]:
@@ -69,7 +72,7 @@ def load(name: str, *, preprocess: bool = True) -> Dataset:
     path = root / f"{name}.npz"
     if not path.exists():
         msg = (
-            f"dataset {name!r} not found at {path}; set UNLEARN_DATASETS to the folder "
+            f"dataset {name!r} not found at {path}; set {_VARIABLE} to the folder "
             "that holds the project's .npz datasets"
         )
         raise ConfigError(msg)

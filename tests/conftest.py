@@ -1,4 +1,19 @@
-"""Fixtures shared by the integration and end-to-end tests.
+"""Fixtures shared by every tier, and the tiers' markers.
+
+Tiers (``pytest -m TIER``; ``make test-fast`` runs the first three, ``make test`` all):
+
+=============  ==========================================================================
+``unit``        ``tests/unit``: no network, no services, scikit-learn's bundled datasets
+``fidelity``    ``tests/fidelity``: the engine on the real datasets, no services
+``redis``       ``tests/integration`` tests that need only the real redis-server
+``broker``      ``tests/integration`` tests with the real broker, most with a streaming worker
+``reliability`` ``tests/reliability``: crashes, restarts, fuzzing, abuse, access control
+``e2e``         ``tests/e2e``: the CLI as a user runs it
+=============  ==========================================================================
+
+A test is put in its tier by where it lives and, in ``tests/integration``, by the fixtures
+it uses: one that asks for the broker (``topics``, ``pipeline_factory``, ``kafka``, or a
+module marked ``broker``) is in ``broker``.
 
 ``services``: one real Tansu broker and one real redis-server for the whole session.
 ``pipeline_factory``: starts a worker (and a retrainer) as the user does, ``unlearn worker``
@@ -21,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_breast_cancer, load_digits
 
 from pipeline.embedded import EmbeddedServices, ServiceStartError
 from pipeline.store import Store
@@ -29,6 +46,40 @@ from pipeline.topics import Topics, ensure_topics
 from workers.processes import child_env, spawn, stop
 
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
+
+_TIER_BY_FOLDER = {
+    "unit": "unit",
+    "fidelity": "fidelity",
+    "reliability": "reliability",
+    "e2e": "e2e",
+}
+_BROKER_FIXTURES = {"topics", "pipeline_factory", "kafka_bootstrap"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (see the module docstring)."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        tier = _TIER_BY_FOLDER.get(folder)
+        if tier is None:  # integration: by the services it asks for
+            uses_broker = _BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+            tier = "broker" if uses_broker or item.get_closest_marker("broker") else "redis"
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    """Breast cancer (569 x 30, binary), standardised, rows within the unit ball."""
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+    return X / np.linalg.norm(X, axis=1).max(), y
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """Digits (1797 x 64, ten classes), pixels scaled to [0, 1]."""
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
 
 
 def _alive(pid: int) -> bool:

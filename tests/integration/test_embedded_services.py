@@ -22,6 +22,8 @@ from pipeline.errors import ConfigError
 
 from .conftest import proc_alive
 
+pytestmark = pytest.mark.broker  # the embedded broker itself is under test
+
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout

@@ -1,7 +1,8 @@
 """A real Prometheus scrapes a running worker and retrainer while events flow.
 
-Every PromQL expression of the Grafana dashboard and of the alert rules is evaluated by
-the server against live data: none may fail, every dashboard query must return series,
+promtool checks the configuration and the rules; then every PromQL expression of the
+Grafana dashboard and of the alert rules is evaluated by the server against live data:
+none may fail, every dashboard query must return series,
 and the rule groups must evaluate cleanly. The counters must also say what happened
 (deletions applied, dead letters by reason, the published version).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,22 @@ from .prometheus import Prometheus, running_prometheus
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MODEL = "digits-observed"
+PROMTOOL = shutil.which("promtool")
+
+pytestmark = pytest.mark.broker  # Prometheus scrapes a worker; promtool is in this tier too
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    assert PROMTOOL, "promtool is missing: `make tools` installs Debian's prometheus package"
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_config_and_rules():
+    config = _promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = _promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert f"{len(alert_exprs())} rules found" in rules.stdout
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:

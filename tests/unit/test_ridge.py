@@ -15,8 +15,8 @@ def test_ridge_matches_scikit_learn(cancer):
     assert abs(ours.score(X, y) - sk.score(X, y)) < 1e-12
 
 
-def test_ridge_removal_equals_retraining(mnist_3v8):
-    X, y = mnist_3v8.X[:4000], mnist_3v8.y[:4000].astype(float)
+def test_ridge_removal_equals_retraining(digits):
+    X, y = digits[0], digits[1].astype(float)
     model = RidgeUnlearner(alpha=1.0).fit(X, y)
     removed = np.random.default_rng(0).choice(len(y), size=400, replace=False)
     for batch in np.array_split(removed, 8):
