@@ -15,7 +15,10 @@ Removing a batch R of m records (D' = D \ R), with the removed records' gradient
 ``fisher``     :math:`w \leftarrow w - \tilde H_{D'}^{-1} \nabla L_b(w; D')`, a corrective Newton
                step on the remaining data's full gradient, which also removes the residual
                left by earlier updates (Mahadevan & Mathioudakis, 2021, "Certifiable Machine
-               Unlearning for Linear Models"). The default.
+               Unlearning for Linear Models"). The default. It needs the residual at the
+               current model: between ``"adaptive"`` measurements a ``fisher`` update takes
+               the influence step, and its report says ``"influence"`` unless the
+               measurement that follows corrects it with a Fisher step.
 
 Learning a batch A is the same step with the sign of :math:`\Delta` reversed.
 :math:`\tilde H` is the cached curvature (:class:`~pipeline.unlearning.curvature.CurvatureCache`):
@@ -505,6 +508,10 @@ class LogisticUnlearner(BaseUnlearner):
         the Fisher correction waits for the next measurement. ``batch`` holds the batch's
         rows, leaving (``sign=-1``) or entering (``+1``) the Gram matrix of the bounding
         certificates.
+
+        The report's ``method`` is the step taken, not the one asked for: ``"fisher"`` when
+        the released model comes from a Newton step on the remaining data's gradient (the
+        step itself, or a correction after a measurement), ``"influence"`` otherwise.
         """
         mode = self.certificate
         recomputed = False
@@ -546,13 +553,18 @@ class LogisticUnlearner(BaseUnlearner):
                     recomputed = True
                 self._remeasure()
                 self._stale_measures += 1
+        corrected = 0
         if method == "fisher" and self._residual_known:
-            recomputed = self._correct(force=recomputed and mode == "exact") or recomputed
+            corrected, again = self._correct(force=recomputed and mode == "exact")
+            recomputed = again or recomputed
         keep = self._fitted_records().compact()
         if keep is not None:
             self._cref = self._cref[keep]
+        # the step actually taken: asked for "fisher" between "adaptive" measurements, the
+        # step is an influence step, and stays one unless a measurement corrects it
+        taken = "fisher" if newton or corrected else "influence"
         return self._report(
-            method,
+            taken,
             n_removed,
             n_added,
             self.certificate_ - prev_cert,
@@ -617,13 +629,15 @@ class LogisticUnlearner(BaseUnlearner):
         self._note_weight_errors(Z)
         return False
 
-    def _correct(self, *, force: bool) -> bool:
+    def _correct(self, *, force: bool) -> tuple[int, bool]:
         """Corrective Newton steps on the measured residual while it is over
         ``measure_above`` of the budget (at most ``max_corrections``), or once after the
         curvature was recomputed (``force``). Each costs one solve and one pass over the
-        records; returns whether the curvature had to be recomputed.
+        records; returns the number of steps taken and whether the curvature had to be
+        recomputed.
         """
         recomputed = False
+        steps = 0
         for i in range(self.max_corrections):
             over = self.budget_ > 0 and self.certificate_ > self.measure_above * self.budget_
             if not (over or (force and i == 0)):
@@ -631,8 +645,9 @@ class LogisticUnlearner(BaseUnlearner):
             old = self._residual
             step = -self._curv.solve(old)
             self._W = self._W + step
+            steps += 1
             recomputed = self._measure(step, np.zeros_like(step), old) or recomputed
-        return recomputed
+        return steps, recomputed
 
     def _take_bounded_step(
         self, step: Array, solve_residual: Array, batch: Array, sign: float

@@ -16,7 +16,10 @@ class UpdateReport:
     Attributes
     ----------
     method : str
-        ``"influence"``, ``"fisher"``, ``"exact"`` (ridge), ``"fit"`` or ``"retrain"``.
+        The step actually taken (receipts and metrics repeat it): ``"influence"``,
+        ``"fisher"`` (a Newton step on the remaining data's gradient; a logistic model asked
+        for ``"fisher"`` between ``"adaptive"`` measurements takes an influence step and says
+        so), ``"exact"`` (ridge), ``"fit"`` or ``"retrain"``.
     n_removed, n_added : int
         Records taken out and put in by this update.
     certificate : float

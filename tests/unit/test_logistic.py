@@ -89,3 +89,36 @@ def test_labels_of_any_type_and_class_count(digits):
     binary = LogisticUnlearner(lam=1e-3, sigma=0.0).fit(X, y % 2 == 0)
     assert binary.coef_.shape == (X.shape[1],)
     assert binary.classes_.tolist() == [False, True]
+
+
+def test_reported_method_is_the_step_taken(cancer):
+    """An "adaptive" model between measurements cannot take a Fisher step (it needs the
+    residual at the current model); the report says "influence" then, not the default."""
+    X, y = cancer
+    model = LogisticUnlearner(lam=1e-3, sigma=1.0, seed=0).fit(X, y)  # fisher, adaptive
+    assert model.method == "fisher" and model.certificate == "adaptive"
+    first = model.forget([0, 1, 2])  # the fit measured the residual: a Fisher step
+    assert first.method == "fisher"
+    assert first.certificate < model.measure_above * first.budget  # so nothing measured
+    second = model.forget([3, 4, 5])  # residual unknown: an influence step, no correction
+    assert second.method == "influence"
+    learned = model.learn(X[:3], y[:3], ids=["a", "b", "c"])
+    assert learned.method == "influence"
+    exact = LogisticUnlearner(lam=1e-3, sigma=1.0, seed=0, certificate="exact").fit(X, y)
+    assert [exact.forget([i]).method for i in range(3)] == ["fisher"] * 3
+
+
+def test_a_measurement_that_corrects_is_reported_as_fisher(cancer):
+    """Between measurements the step is an influence step; when the batch passes
+    ``measure_above`` the residual is measured, and only if it is still over that fraction
+    is the model corrected by a Newton step on the remaining data's gradient: "fisher"."""
+    X, y = cancer
+    methods = {}
+    for measure_above in (1e-2, 1e-3):
+        model = LogisticUnlearner(lam=1e-3, sigma=1.0, seed=0, measure_above=measure_above)
+        model.fit(X, y).forget([0, 1, 2])
+        report = model.forget(list(range(3, 13)))
+        assert report.certificate < measure_above * report.budget
+        methods[measure_above] = report.method
+    # 1%: measured below the threshold, left as it was; 0.1%: measured over it, corrected
+    assert methods == {1e-2: "influence", 1e-3: "fisher"}
