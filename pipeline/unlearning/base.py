@@ -7,6 +7,7 @@ the record table (:class:`~pipeline.unlearning.records.RecordTable`) in step.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from abc import ABC, abstractmethod
@@ -202,12 +203,40 @@ class BaseUnlearner(ABC):
             raise UnknownClass(y[np.flatnonzero(bad)[0]].item(), classes.tolist())
         return idx.astype(np.int64)
 
-    # -- checkpoints ----------------------------------------------------------------------
+    # -- parameters and checkpoints -------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The constructor's parameters, in the order it declares them.
+
+        Read from ``cls.__init__``'s signature, never from a list kept by hand, so that a
+        checkpoint carries every parameter a constructor takes. Each is kept on the model
+        as an attribute of the same name.
+        """
+        params = inspect.signature(cls.__init__).parameters.values()
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return tuple(p.name for p in params if p.name != "self" and p.kind not in skip)
+
+    def get_params(self) -> dict[str, Any]:
+        """Every constructor parameter and its value: ``type(self)(**get_params())`` builds
+        an unfitted model configured as this one."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    @classmethod
+    def _from_params(cls, state: Mapping[str, Any]) -> Any:
+        """An unfitted model with the parameters saved in ``state``.
+
+        A parameter absent from ``state`` takes the constructor's default: checkpoints
+        written before every parameter was saved lack ``measure_above`` (and a parameter
+        added later is absent from earlier checkpoints).
+        """
+        return cls(**{name: state[name] for name in cls.param_names() if name in state})
+
     def _records_state(self, include_records: bool) -> tuple[dict[str, Any], NDArray[np.intp]]:
         """The record table's part of a checkpoint, and the rows of the held records."""
         rec = self._fitted_records()
         keep = np.flatnonzero(rec.weights > 0)
-        state: dict[str, Any] = {
+        state: dict[str, Any] = self.get_params()
+        state |= {
             "n_features_in": self.n_features_in_,
             "record_ids_json": encode_ids(rec.ids()),
             "forgotten_ids_json": encode_ids(list(rec.forgotten)),

@@ -745,29 +745,13 @@ class LogisticUnlearner(BaseUnlearner):
         )
 
     # -- checkpoints ----------------------------------------------------------------------
-    _PARAMS = (
-        "lam",
-        "sigma",
-        "epsilon",
-        "delta",
-        "seed",
-        "method",
-        "certificate",
-        "fit_intercept",
-        "tol",
-        "max_iter",
-        "drift_tol",
-        "max_corrections",
-    )
-
     def state_dict(self, include_records: bool = False) -> dict[str, Any]:
         """Everything needed to resume, as arrays and JSON scalars (never pickle).
 
         Records' features are left out unless ``include_records``: the pipeline keeps them
         in its record store and hands them back to :meth:`from_state_dict`.
         """
-        state, keep = self._records_state(include_records)
-        state.update({name: getattr(self, name) for name in self._PARAMS})
+        state, keep = self._records_state(include_records)  # with every parameter
         state.update(
             kind="logistic",
             classes_json=json.dumps(self.classes_.tolist()),
@@ -805,7 +789,7 @@ class LogisticUnlearner(BaseUnlearner):
 
         Give the held records as ``X, y, ids`` (any order) unless the state includes them.
         """
-        model = cls(**{name: state[name] for name in cls._PARAMS})
+        model: LogisticUnlearner = cls._from_params(state)
         model.classes_ = np.asarray(json.loads(state["classes_json"]))
         model._K = 1 if model.classes_.size == 2 else model.classes_.size
         n_held = model._restore_records(state, X, y, ids)

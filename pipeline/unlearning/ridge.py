@@ -207,12 +207,9 @@ class RidgeUnlearner(BaseUnlearner):
         )
 
     # -- checkpoints ----------------------------------------------------------------------
-    _PARAMS = ("alpha", "fit_intercept", "sigma", "epsilon", "delta", "seed")
-
     def state_dict(self, include_records: bool = False) -> dict[str, Any]:
         """Sufficient statistics and solution as arrays and JSON scalars (never pickle)."""
-        state, _ = self._records_state(include_records)
-        state.update({name: getattr(self, name) for name in self._PARAMS})
+        state, _ = self._records_state(include_records)  # with every parameter
         state.update(
             kind="ridge",
             A=self._A.copy(),
@@ -235,7 +232,7 @@ class RidgeUnlearner(BaseUnlearner):
         if state.get("kind") != "ridge":
             msg = f"not a ridge checkpoint (kind={state.get('kind')!r})"
             raise InvalidInput(msg)
-        model = cls(**{name: state[name] for name in cls._PARAMS})
+        model: RidgeUnlearner = cls._from_params(state)
         model._restore_records(state, X, y, ids)
         model._A = np.array(state["A"], dtype=np.float64)
         model._c = np.array(state["c"], dtype=np.float64)
