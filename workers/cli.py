@@ -394,23 +394,32 @@ def model_history(
 def model_export(
     model_id: Annotated[str, typer.Argument(metavar="MODEL")],
     version: Annotated[int | None, typer.Option(help="Version (default: current).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="json, or npz (NumPy arrays, no pickle).")
+    ] = "json",
+    output: Annotated[
+        Path | None, typer.Option(help="Write here (JSON: stdout by default; npz: required).")
+    ] = None,
 ) -> None:
-    """Coefficients and metadata of a version as JSON."""
+    """A version's coefficients and metadata in a portable file (docs/model-format.md)."""
+    from pipeline.sdk.export import check_export_target, export_bytes
+
+    check_export_target(fmt, output)
     settings = load_settings()
     with _services(settings) as found, _store(settings, found) as store:
         ver = store.models.get(model_id, version)
-    doc = {
-        "metadata": json.loads(ver.metadata.model_dump_json()),
-        "coef": ver.coef.tolist(),
-        "intercept": ver.intercept.tolist(),
-    }
-    text = json.dumps(doc)
+    data = export_bytes(ver, fmt)
     if output is None:
-        sys.stdout.write(text + "\n")
-    else:
-        output.write_text(text + "\n", encoding="utf-8")
-        console.print(f"wrote {model_id} v{ver.version} to {output}")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        msg = f"cannot write {output}: {exc.strerror or exc}; choose another --output"
+        raise PipelineError(msg) from None
+    console.print(f"wrote {model_id} v{ver.version} ({fmt}) to {output}")
 
 
 @app.command()
