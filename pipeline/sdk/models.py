@@ -244,6 +244,7 @@ class _Follower:
         self._current_key = store.keys.current(model_id)
         timeout = _socket_timeout(self._r)
         self._block = max_block if timeout is None else min(max_block, timeout / 2)
+        self._block_guessed = timeout is None
         self._stop = stop
         self._idle = idle_timeout
         self._deadline = None if idle_timeout is None else time.monotonic() + idle_timeout
@@ -284,9 +285,17 @@ class _Follower:
             try:
                 reply = self._r.xread({self._stream: last_id}, count=1000, block=block_ms(block))
             except redis.exceptions.TimeoutError:
-                # the client's timeout is shorter than we could tell: read for less time
-                self._block = max(0.01, self._block / 2)
-                raise
+                if not self._block_guessed or self._block <= _MIN_GUESSED_BLOCK:
+                    raise  # Redis or the network is slow: retried as an outage
+                # the client's socket timeout is shorter than this read: read for less
+                self._block = max(_MIN_GUESSED_BLOCK, self._block / 2)
+                log.info(
+                    "watch(%r): the Redis client timed out during a blocking read; reading "
+                    "%g s at a time from now on",
+                    self._model_id,
+                    self._block,
+                )
+                return None
             found = _last_entry_id(reply)
             if found is not None:
                 return found
@@ -369,6 +378,10 @@ class _Follower:
             self._stop.wait(delay)
         else:
             time.sleep(delay)
+
+
+_MIN_GUESSED_BLOCK = 0.1
+"""Shortest blocking read ``watch`` shrinks to when the client's socket timeout is unknown."""
 
 
 def block_ms(seconds: float) -> int:

@@ -14,9 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from pipeline.embedded import EmbeddedRedis, EmbeddedServices
 from pipeline.errors import InvalidInput
@@ -126,6 +128,29 @@ def test_watch_without_socket_timeout_still_uses_bounded_reads(
         publish(store, "untimed", 2)
         watcher.wait_seen([2], "a version")
         stop.set()  # honoured between two bounded reads, whatever the socket timeout
+        assert watcher.finish() == [2]
+
+
+class _ShortTimeoutConnection(redis.Connection):
+    """A connection whose socket timeout is its own default: the pool's kwargs do not say."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT / 2)
+        super().__init__(**kwargs)
+
+
+def test_watch_adapts_to_a_socket_timeout_it_cannot_see(
+    services: EmbeddedServices, store: Store, namespace: str
+) -> None:
+    """Reads shorten after a timeout when the client's timeout is hidden from the pool."""
+    publish(store, "hidden", 1)
+    with ModelClient(
+        services.redis_url, namespace=namespace, connection_class=_ShortTimeoutConnection
+    ) as client:
+        watcher = Watcher(lambda: client.watch("hidden", after_version=1), last=2)
+        time.sleep(2.5 * SOCKET_TIMEOUT)  # quiet: several of the hidden timeouts
+        assert watcher.error is None, f"watch() died in a quiet period: {watcher.error!r}"
+        publish(store, "hidden", 2)
         assert watcher.finish() == [2]
 
 
