@@ -66,7 +66,7 @@ from pipeline.unlearning.loss import (
     predicted_index,
 )
 from pipeline.unlearning.records import RecordTable
-from pipeline.unlearning.report import UpdateReport
+from pipeline.unlearning.report import EMPTIED, UpdateReport
 
 __all__ = ["LogisticUnlearner"]
 
@@ -136,6 +136,16 @@ class LogisticUnlearner(BaseUnlearner):
     worst_case_ : float
         Guo et al.'s data-independent bound accumulated since the last full fit.
     n_records_ : int
+
+    Notes
+    -----
+    Forgetting a model's last records leaves a model that holds none (report method
+    ``"emptied"``): ``coef_`` and ``intercept_`` are 0, ``certificate_`` is 0 (the model
+    depends on no record) and every report says ``certified``. It predicts
+    ``classes_[0]`` for every row, with probability 0.5 for each class of a binary model
+    and ``1 / n_classes`` one-vs-rest; it keeps its classes and b, checkpoints and resumes
+    like any model, and its next :meth:`learn` fits the new records from w = 0 (method
+    ``"fit"``), as :meth:`fit` would with the same b.
     """
 
     # fitted state (set by fit / from_state_dict)
@@ -334,7 +344,6 @@ class LogisticUnlearner(BaseUnlearner):
 
     # -- fitting --------------------------------------------------------------------------
     def _fit(self) -> None:
-        rec = self._fitted_records()
         d = self._width
         rng = np.random.default_rng(self.seed)
         self._B = (
@@ -342,16 +351,55 @@ class LogisticUnlearner(BaseUnlearner):
             if self.sigma > 0
             else np.zeros((self._K, d))
         )
-        self._W = np.zeros((self._K, d))
-        self._curv = CurvatureCache(self._K, d)
         self.n_curvature_recomputes_ = 0
+        self._fit_from_zero()
+
+    def _fit_from_zero(self) -> None:
+        """Minimise the objective with the current b over the held records, from w = 0."""
+        rec = self._fitted_records()
+        self._W = np.zeros((self._K, self._width))
+        self._curv = CurvatureCache(self._K, self._width)
         self._recompute_curvature(gram=True)
         self._newton(progress=None)
         self._settle_curvature()
         self._reset_certificates(rec)
 
+    def _clear(self) -> None:
+        r"""The state of a model that holds no record: w = 0, certificate 0; b is kept.
+
+        With no record the objective :math:`L_b(w; \emptyset) = b^\top w` has no minimiser
+        (its regulariser :math:`\lambda n` is 0) and Guo et al.'s residual is undefined; the
+        model released instead is the constant w = 0, which depends on no record, so every
+        removal that led to it is exact: its certificate is 0. The curvature, the Gram
+        matrix and every bound's state are exactly zero (no round-off of the forgotten
+        records remains). The next :meth:`learn` fits from w = 0 with the same b.
+        """
+        rec = self._fitted_records()
+        K, d = self._K, self._width
+        self._W = np.zeros((K, d))
+        self._curv = CurvatureCache(K, d)
+        self._cref = np.zeros((rec.n_rows, K))
+        self._residual = np.zeros((K, d))
+        self._residual_known = False
+        self._cert = np.zeros(K)
+        self._weight_error = np.zeros(K)
+        self._err_norm = np.zeros(K)
+        self._restart_drift()
+        self._stale_measures = 0
+        self._terms = 0.0
+        self._worst_case = 0.0
+        if self.certificate != "exact":
+            self._gram = np.zeros((d, d))
+            self._spectral = 0.0
+        rec.refresh_max_norm()
+
     def _refit(self, progress: Progress | None) -> UpdateReport:
         rec = self._fitted_records()
+        if rec.n_records == 0:  # nothing to fit: the model stays empty
+            self._clear()
+            if progress is not None:
+                progress(1.0, "done")
+            return self._report("retrain", 0, 0, 0.0)
         if progress is not None:
             progress(0.0, "recomputing curvature")
         self._recompute_curvature(gram=True)
@@ -442,6 +490,11 @@ class LogisticUnlearner(BaseUnlearner):
         m = rows.size
         if m == 0:
             return self._report(method, 0, 0, 0.0, absent=absent)
+        if m == rec.n_records:  # the last records: nothing is left to fit (see _clear)
+            rec.erase(rows)
+            rec.compact()
+            self._clear()
+            return self._report(EMPTIED, m, 0, 0.0, absent=absent)
         n_before = rec.n_records
         # fancy indexing copies: the buffer's rows are erased at once, while still in cache,
         # the copies once the batch is applied
@@ -464,6 +517,9 @@ class LogisticUnlearner(BaseUnlearner):
         m = rows.size
         if m == 0:
             return self._report(self.method, 0, 0, 0.0)
+        if m == rec.n_records:  # an empty model learns as it fits, with the b it has
+            self._fit_from_zero()
+            return self._report("fit", 0, m, 0.0, recomputed=True)
         Xa = rec.X[rows]
         Za = self._margins(Xa, self._W)
         Ra = gradient_terms(Za, self._signs(rec.targets[rows]))
@@ -728,6 +784,7 @@ class LogisticUnlearner(BaseUnlearner):
         cert = self.certificate_
         on = self.budget_ > 0
         next_cert = cert + max(float(growth), 0.0)
+        n_records = self._fitted_records().n_records
         return UpdateReport(
             method=method,
             n_removed=n_removed,
@@ -736,12 +793,12 @@ class LogisticUnlearner(BaseUnlearner):
             budget=self.budget_,
             retrain_recommended=bool(on and next_cert > self.budget_),
             seconds=0.0,
-            certified=bool(on and cert <= self.budget_),
+            certified=bool(n_records == 0 or (on and cert <= self.budget_)),
             certificate_kind=self.certificate,
             already_absent=absent,
             curvature_recomputed=recomputed,
             worst_case=self._worst_case,
-            n_records=self._fitted_records().n_records,
+            n_records=n_records,
         )
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -6,7 +6,10 @@ from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["UpdateReport"]
+__all__ = ["EMPTIED", "UpdateReport"]
+
+#: ``UpdateReport.method`` of a removal that took a model's last records.
+EMPTIED = "emptied"
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,10 @@ class UpdateReport:
         The step actually taken (receipts and metrics repeat it): ``"influence"``,
         ``"fisher"`` (a Newton step on the remaining data's gradient; a logistic model asked
         for ``"fisher"`` between ``"adaptive"`` measurements takes an influence step and says
-        so), ``"exact"`` (ridge), ``"fit"`` or ``"retrain"``.
+        so), ``"exact"`` (ridge), ``"fit"`` (also a :meth:`learn` on a model that held no
+        record), ``"retrain"``, or ``"emptied"`` (:data:`EMPTIED`): the update removed the
+        model's last records, and the model now holds none (coefficients and intercept
+        0, certificate 0).
     n_removed, n_added : int
         Records taken out and put in by this update.
     certificate : float
@@ -33,7 +39,9 @@ class UpdateReport:
     seconds : float
         Wall time of the update.
     certified : bool
-        ``certificate <= budget`` (False whenever certification is off).
+        ``certificate <= budget`` (False whenever certification is off), or the model
+        holds no record: its coefficients are then 0 whatever the data was, so the
+        removal is exact.
     certificate_kind : str
         ``"exact"`` or ``"bound"``.
     already_absent : tuple

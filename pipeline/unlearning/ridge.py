@@ -27,7 +27,7 @@ from scipy.linalg import lapack
 from pipeline.errors import InvalidInput
 from pipeline.unlearning import certify
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
-from pipeline.unlearning.report import UpdateReport
+from pipeline.unlearning.report import EMPTIED, UpdateReport
 
 __all__ = ["RidgeUnlearner"]
 
@@ -55,6 +55,14 @@ class RidgeUnlearner(BaseUnlearner):
     certificate_ : float
         Norm of the objective's gradient at the released model (round-off only).
     budget_ : float
+
+    Notes
+    -----
+    Forgetting a model's last records leaves a model that holds none (report method
+    ``"emptied"``): ``coef_`` and ``intercept_`` are 0, so it predicts 0 for every row,
+    ``certificate_`` is 0 and every report says ``certified``. It keeps b, checkpoints and
+    resumes like any model, and its next :meth:`learn` fits the new records exactly
+    (method ``"fit"``).
     """
 
     def __init__(
@@ -160,10 +168,29 @@ class RidgeUnlearner(BaseUnlearner):
         self._c += sign * (X.T @ y)
         self._solve()
 
+    def _clear(self) -> None:
+        r"""The state of a model that holds no record: w = 0, certificate 0; b is kept.
+
+        With no record :math:`A = \alpha P` is singular when ``fit_intercept`` (the
+        intercept is not penalised) and the perturbed objective has no minimiser; the model
+        released instead is the constant w = 0, which depends on no record (certificate 0).
+        A and c are set exactly (:math:`\alpha P` and 0): no round-off of the forgotten
+        records remains. The next :meth:`learn` fits from the new records, with the same b.
+        """
+        self._A = self._penalty()
+        self._c = np.zeros(self._width)
+        self._w = np.zeros(self._width)
+        self._certificate = 0.0
+
     def _remove(
         self, rows: NDArray[np.intp], method: str, absent: tuple[Hashable, ...]
     ) -> UpdateReport:
         rec = self._fitted_records()
+        if rows.size and rows.size == rec.n_records:  # the last records (see _clear)
+            rec.erase(rows)
+            rec.compact()
+            self._clear()
+            return self._report(method=EMPTIED, n_removed=int(rows.size), absent=absent)
         if rows.size:
             self._update(rec.X[rows], rec.targets[rows], -1.0)
             rec.erase(rows)
@@ -172,13 +199,19 @@ class RidgeUnlearner(BaseUnlearner):
 
     def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
         rec = self._fitted_records()
+        if rows.size and rows.size == rec.n_records:  # an empty model learns as it fits
+            self._rebuild(rec.X[rows], rec.targets[rows])
+            return self._report(method="fit", n_added=int(rows.size))
         self._update(rec.X[rows], rec.targets[rows], 1.0)
         return self._report(n_added=int(rows.size))
 
     def _refit(self, progress: Progress | None) -> UpdateReport:
         rec = self._fitted_records()
         present = rec.weights > 0
-        self._rebuild(rec.X[present], rec.targets[present])
+        if present.any():
+            self._rebuild(rec.X[present], rec.targets[present])
+        else:  # nothing to fit: the model stays empty
+            self._clear()
         if progress is not None:
             progress(1.0, "done")
         return self._report(method="retrain")
@@ -192,6 +225,7 @@ class RidgeUnlearner(BaseUnlearner):
         absent: tuple[Hashable, ...] = (),
     ) -> UpdateReport:
         on = self.budget_ > 0
+        n_records = self._fitted_records().n_records
         return UpdateReport(
             method=method,
             n_removed=n_removed,
@@ -200,10 +234,10 @@ class RidgeUnlearner(BaseUnlearner):
             budget=self.budget_,
             retrain_recommended=bool(on and self._certificate > self.budget_),
             seconds=0.0,
-            certified=bool(on and self._certificate <= self.budget_),
+            certified=bool(n_records == 0 or (on and self._certificate <= self.budget_)),
             certificate_kind="exact",
             already_absent=absent,
-            n_records=self._fitted_records().n_records,
+            n_records=n_records,
         )
 
     # -- checkpoints ----------------------------------------------------------------------
