@@ -3,6 +3,7 @@
 Key layout: :mod:`pipeline.store.keys` and ``docs/redis-keys.md``.
 """
 
+from pipeline.store.access import AccessRole, AclUser
 from pipeline.store.checkpoints import Checkpoint, CheckpointStore
 from pipeline.store.facade import Store, connect
 from pipeline.store.keys import KeySpace
@@ -13,6 +14,8 @@ from pipeline.store.records import RecordStore, StoredRecord
 from pipeline.store.versions import ModelSpec, ModelVersion, VersionMetadata
 
 __all__ = [
+    "AccessRole",
+    "AclUser",
     "Checkpoint",
     "CheckpointStore",
     "KeySpace",

@@ -159,3 +159,50 @@ class KeySpace:
     def model_index(self) -> str:
         """SET: every model id that has published a version."""
         return f"{self.namespace}:models"
+
+    # ACL glob patterns (pipeline.store.access) ---------------------------------------
+    def namespace_pattern(self) -> str:
+        """Glob of every key and pub/sub channel under the namespace (the writer's)."""
+        return f"{self.namespace}:*"
+
+    def reader_key_patterns(self) -> tuple[str, ...]:
+        """Globs of the keys a reader of published models and receipts reads.
+
+        ``ModelClient.get``/``history``/``watch``/``receipt`` read the ``current`` alias,
+        version hashes, the versions zset, the publication stream, receipts, the request
+        index and the model index. Never checkpoints (they hold the secret perturbation
+        ``b``), training records, subject indexes, the holdout or retrain state.
+
+        Returns
+        -------
+        tuple of str
+            Redis glob patterns (``~`` rules of ``ACL SETUSER``), built by the same
+            methods as the keys, with ``*`` for the model, version and request ids.
+        """
+        glob = _Globs(self.namespace)
+        version = glob.version(_ANY, 0)
+        return (
+            glob.current(_ANY),
+            version[: version.rindex(":") + 1] + _ANY,
+            glob.versions(_ANY),
+            glob.events(_ANY),
+            glob.receipt(_ANY, _ANY),
+            glob.request_models(_ANY),
+            glob.model_index(),
+        )
+
+    def reader_channel_patterns(self) -> tuple[str, ...]:
+        """Globs of the pub/sub channels a reader may subscribe to (``&`` rules)."""
+        return (_Globs(self.namespace).channel(_ANY),)
+
+
+_ANY = "*"
+
+
+class _Globs(KeySpace):
+    """The key builders with ``*`` accepted as a model id: they build glob patterns."""
+
+    def _model(self, model_id: str) -> str:
+        if model_id != _ANY:
+            return super()._model(model_id)
+        return f"{self.namespace}:{{{model_id}}}"
