@@ -37,6 +37,10 @@ bench_app = typer.Typer(help="Benchmarks (the figures `make bench` writes to BEN
 app.add_typer(bench_app, name="bench")
 model_app = typer.Typer(help="Inspect a model: its current version, history, coefficients.")
 app.add_typer(model_app, name="model")
+access_app = typer.Typer(
+    help="Redis ACL users: a reader (published models, receipts) and a writer (the pipeline)."
+)
+app.add_typer(access_app, name="access")
 
 console = Console()
 errors = Console(stderr=True)
@@ -499,6 +503,183 @@ def retrain(model_id: Annotated[str, typer.Argument(metavar="MODEL")]) -> None:
             client_config=settings.kafka_config(),
         )
     console.print(f"retrain of {model_id} requested (seq {seq}); follow it with `unlearn status`")
+
+
+# ---- access: the Redis ACL users (pipeline/store/access.py) ------------------------------
+_PW_HELP = "File holding the {}'s password (never give a password on the command line)."
+ReaderUser = Annotated[
+    str | None, typer.Option(help="Reader's Redis user name (default: NAMESPACE-reader).")
+]
+WriterUser = Annotated[
+    str | None, typer.Option(help="Writer's Redis user name (default: NAMESPACE-writer).")
+]
+ReaderPasswordFile = Annotated[Path | None, typer.Option(help=_PW_HELP.format("reader"))]
+WriterPasswordFile = Annotated[Path | None, typer.Option(help=_PW_HELP.format("writer"))]
+
+
+def _access_users(
+    settings: Settings,
+    roles: list[Any],
+    names: dict[str, str | None],
+    files: dict[str, Path | None],
+    require_passwords: bool,
+) -> list[tuple[Any, str | None]]:
+    """The users of ``roles`` with their passwords read from their files."""
+    from pipeline.store.access import AclUser, read_password_file
+    from pipeline.store.keys import KeySpace
+
+    keys = KeySpace(settings.key_namespace)
+    users: list[tuple[Any, str | None]] = []
+    for role in roles:
+        file = files[role.value]
+        if file is None and require_passwords:
+            msg = f"--{role.value}-password-file is required: the file holding its password"
+            raise PipelineError(msg)
+        password = None if file is None else read_password_file(file, role.value)
+        users.append((AclUser.for_role(role, keys, names[role.value]), password))
+    return users
+
+
+@access_app.command("rules")
+def access_rules(
+    role: Annotated[
+        str | None, typer.Option(help="Only this role: reader or writer (default: both).")
+    ] = None,
+    reader_user: ReaderUser = None,
+    writer_user: WriterUser = None,
+    reader_password_file: ReaderPasswordFile = None,
+    writer_password_file: WriterPasswordFile = None,
+    acl_file: Annotated[
+        bool,
+        typer.Option(
+            "--acl-file", help="Lines of a Redis aclfile, with the default user, instead."
+        ),
+    ] = False,
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(help="With --acl-file: the default user's (admin's) password; else off."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the ACL SETUSER line of each role, for UNLEARN_KEY_NAMESPACE (no Redis needed)."""
+    from pipeline.store.access import AccessRole, read_password_file, write_acl_file
+    from pipeline.store.access import acl_file as acl_file_text
+
+    settings = load_settings()
+    roles = list(AccessRole) if role is None else [AccessRole(_role(role))]
+    users = _access_users(
+        settings,
+        roles,
+        {"reader": reader_user, "writer": writer_user},
+        {"reader": reader_password_file, "writer": writer_password_file},
+        require_passwords=False,
+    )
+    if acl_file:
+        admin = None
+        if admin_password_file is not None:
+            admin = read_password_file(admin_password_file, "admin")
+        text = acl_file_text(users, admin)
+    else:
+        if admin_password_file is not None:
+            msg = "--admin-password-file goes with --acl-file (the default user's line)"
+            raise PipelineError(msg)
+        text = "".join(u.command(p) + "\n" for u, p in users)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_acl_file(output, text)
+        errors.print(f"wrote {len(users)} user(s) to {output}", highlight=False)
+    for user, password in users:
+        if password is None:
+            errors.print(
+                f"note: no --{user.role.value}-password-file: user {user.name} has no "
+                "password and cannot log in until it gets one (or use `unlearn access setup`)",
+                soft_wrap=True,
+                highlight=False,
+            )
+
+
+def _role(value: str) -> str:
+    from pipeline.store.access import AccessRole
+
+    if value not in {r.value for r in AccessRole}:
+        msg = f"--role {value!r}: use reader or writer, or leave it out for both"
+        raise PipelineError(msg)
+    return value
+
+
+@access_app.command("setup")
+def access_setup(
+    reader_password_file: ReaderPasswordFile = None,
+    writer_password_file: WriterPasswordFile = None,
+    reader_user: ReaderUser = None,
+    writer_user: WriterUser = None,
+) -> None:
+    """Create (or redefine) the reader and writer users on UNLEARN_REDIS_URL, as an admin.
+
+    Connects with UNLEARN_REDIS_USERNAME / UNLEARN_REDIS_PASSWORD, which must be an admin
+    (a user with +acl), then checks that each new user can log in. Saves them with
+    ACL SAVE when Redis has an aclfile; otherwise says they last until Redis restarts.
+    """
+    import redis
+
+    from pipeline.config import redact_url
+    from pipeline.store.access import AccessRole, setup_users
+
+    settings = load_settings()
+    if not settings.redis_url:
+        msg = (
+            "UNLEARN_REDIS_URL is not set: point it at the Redis where the users go, with "
+            "an admin's UNLEARN_REDIS_USERNAME / UNLEARN_REDIS_PASSWORD (the embedded "
+            "redis-server of dev mode needs no users)"
+        )
+        raise PipelineError(msg)
+    users = _access_users(
+        settings,
+        list(AccessRole),
+        {"reader": reader_user, "writer": writer_user},
+        {"reader": reader_password_file, "writer": writer_password_file},
+        require_passwords=True,
+    )
+    where = redact_url(settings.redis_url)
+    with redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs()) as admin:
+        result = setup_users(admin, users)
+    kwargs = {k: v for k, v in settings.redis_kwargs().items() if k not in ("username", "password")}
+    for user, password in users:
+        try:
+            with redis.Redis.from_url(
+                settings.redis_url, username=user.name, password=password, **kwargs
+            ) as client:
+                client.ping()  # the new user logs in
+        except redis.exceptions.AuthenticationError:
+            msg = (
+                f"user {user.name} was defined but cannot log in on {where}: another admin "
+                "may have changed it meanwhile; run setup again"
+            )
+            raise PipelineError(msg) from None
+        console.print(
+            f"user {user.name} ({user.role.value}) defined on {where}: keys "
+            f"{' '.join(user.key_patterns)}; channels {' '.join(user.channel_patterns)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if result.saved:
+        console.print("saved with ACL SAVE to the server's aclfile: they survive a restart")
+    elif result.saved is False:
+        errors.print(
+            "warning: this Redis has no aclfile, so the users live in memory and are lost "
+            "when it restarts: configure an aclfile (`unlearn access rules --acl-file`) or "
+            "run this again after each restart",
+            soft_wrap=True,
+            highlight=False,
+        )
+    else:
+        errors.print(
+            "warning: the admin may not run CONFIG GET, so whether Redis keeps the users "
+            "across a restart is unknown: check that yours does (aclfile, ACL SAVE)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _print_results(results: dict[str, Any], as_json: bool) -> None:
