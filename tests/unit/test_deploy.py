@@ -9,7 +9,9 @@ requires and the series the code exports.
 
 import json
 import re
+import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -166,3 +168,108 @@ def test_kubernetes_manifests_parse_and_use_known_settings(path):
         if doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 assert container["resources"]["requests"], container["name"]
+
+
+def _writer_and_reader() -> tuple[str, str]:
+    from pipeline.store import AclUser, KeySpace
+
+    keys = KeySpace()  # the deploy files use the default namespace
+    return AclUser.for_role("writer", keys).name, AclUser.for_role("reader", keys).name
+
+
+def _cli_options(*path: str) -> set[str]:
+    import typer.main
+
+    from workers.cli import app
+
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {opt for param in command.params for opt in param.opts}
+
+
+def _volume_of(service: dict, path: str) -> str:
+    """The named volume mounted at the directory holding ``path`` in ``service``."""
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", [])}
+    return mounts[str(Path(path).parent)]
+
+
+def test_compose_runs_the_pipeline_as_the_writer_and_redis_loads_both_roles(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from workers.cli import app
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services, declared = compose["services"], compose["secrets"]
+    writer, reader = _writer_and_reader()
+    for name in ("worker", "retrainer"):
+        env = services[name]["environment"]
+        assert env["UNLEARN_REDIS_USERNAME"] == writer, name
+        assert "${REDIS_WRITER_PASSWORD:?" in env["UNLEARN_REDIS_PASSWORD"], name
+    assert declared["redis_writer_password"] == {"environment": "REDIS_WRITER_PASSWORD"}
+
+    # redis loads the ACL file that the one-shot redis-users writes, once it has written it
+    redis_svc, users = services["redis"], services["redis-users"]
+    aclfile = redis_svc["command"][redis_svc["command"].index("--aclfile") + 1]
+    command = users["command"]
+    output = command[command.index("--output") + 1]
+    assert _volume_of(redis_svc, aclfile) == _volume_of(users, output)
+    assert Path(aclfile).name == Path(output).name
+    assert redis_svc["depends_on"]["redis-users"]["condition"] == "service_completed_successfully"
+    assert "redis_admin_password" in redis_svc["secrets"]  # its healthcheck logs in
+
+    # the one-shot's command runs as written and writes the three users, hashes only
+    passwords = {name: f"{name}-{secrets.token_hex(16)}" for name in users["secrets"]}
+    args = []
+    for arg in command:
+        if arg.startswith("/run/secrets/"):
+            name = arg.removeprefix("/run/secrets/")
+            assert name in passwords and name in declared, arg
+            file = tmp_path / name
+            file.write_text(passwords[name] + "\n")
+            arg = str(file)
+        args.append(str(tmp_path / "users.acl") if arg == output else arg)
+    monkeypatch.delenv("UNLEARN_KEY_NAMESPACE", raising=False)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    text = (tmp_path / "users.acl").read_text()
+    names = [line.split()[1] for line in text.splitlines()]
+    assert names == ["default", reader, writer]
+    assert not [pw for pw in passwords.values() if pw in text]
+
+
+def test_kubernetes_runs_the_pipeline_as_the_writer_and_defines_both_roles():
+    docs = [
+        doc
+        for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    stored = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    writer, reader = _writer_and_reader()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name in ("unlearn-worker", "unlearn-retrainer"):
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        refs = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+        assert [stored[ref]["UNLEARN_REDIS_USERNAME"] for ref in refs] == [writer], name
+
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["access", "setup"]
+    assert {a for a in args if a.startswith("--")} <= _cli_options("access", "setup")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
+    for role, user in (("reader", reader), ("writer", writer)):
+        assert args[args.index(f"--{role}-user") + 1] == user
+        path = Path(args[args.index(f"--{role}-password-file") + 1])
+        source = volumes[mounts[str(path.parent)]]
+        (item,) = [i for i in source["items"] if i["path"] == path.name]
+        assert item["key"] == "UNLEARN_REDIS_PASSWORD"
+        # the password file is the password of the Secret whose user is that role's
+        assert stored[source["secretName"]]["UNLEARN_REDIS_USERNAME"] == user, role
+    admin = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+    assert [stored[a]["UNLEARN_REDIS_USERNAME"] for a in admin] not in ([reader], [writer])
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert "redis-users.yaml" in kustomization["resources"]
