@@ -4,8 +4,11 @@
 
 * the file is a CSV with a header row, or an ``.npz`` holding ``X`` and ``y`` (and
   optionally ``subjects`` and ``ids``);
-* a ``holdout`` fraction of the rows (seeded) is kept apart, never trained on, and stored
-  with the model: the retrain policy watches the accuracy on it;
+* a ``holdout`` fraction of the rows (chosen at random, or by ``seed``) is kept apart,
+  never trained on, and stored with the model: the retrain policy watches the accuracy on
+  it;
+* the engine's perturbation b is drawn from the operating system's entropy unless a seed
+  is given (a fixed seed voids the certified guarantee: tests only);
 * the training rows go to the record store and version 1 (method ``"fit"``), its engine
   checkpoint and the holdout are written in ONE transaction, so a worker never sees a
   model without its records.
@@ -257,7 +260,7 @@ def train_model(
     *,
     kind: Kind = "logistic",
     holdout: float = 0.2,
-    seed: int = 0,
+    seed: int | None = None,
     params: dict[str, Any] | None = None,
 ) -> tuple[Engine, PublishResult]:
     """Fit a new model on ``table`` and publish it as version 1.
@@ -271,8 +274,12 @@ def train_model(
     kind : {"logistic", "ridge"}
     holdout : float
         Fraction of rows kept apart for the retrain policy's accuracy check (0: none).
-    seed : int
-        Seed of the holdout split.
+    seed : int, optional
+        None (the default): the holdout split is random and the engine draws its
+        perturbation b from the operating system's entropy, secret, as Guo et al.'s
+        certificate requires (the checkpoint keeps b and records no seed). An int seeds the
+        holdout split and, unless ``params`` gives its own ``seed``, b: reproducible, which
+        voids the certified guarantee (tests and benchmarks only).
     params : dict, optional
         Hyperparameters of the engine (``lam``, ``sigma``, ``fit_intercept``, ...).
 
@@ -291,11 +298,11 @@ def train_model(
     if not 0 <= holdout < 1:
         msg = f"holdout fraction must be in [0, 1), got {holdout}"
         raise InvalidInput(msg)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # None: fresh entropy from the operating system
     order = rng.permutation(len(table))
     n_hold = int(round(holdout * len(table)))
     hold, train = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    engine = build_engine(kind, **(params or {}))
+    engine = build_engine(kind, **{"seed": seed, **(params or {})})
     ids = [table.ids[i] for i in train]
     engine.fit(table.X[train], table.y[train], ids=ids)
     held_out = (

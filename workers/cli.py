@@ -80,7 +80,14 @@ def demo(
     ] = False,
     subjects: Annotated[int, typer.Option(help="Subjects whose records are forgotten.")] = 12,
     records: Annotated[int, typer.Option(help="New records streamed in.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the objective perturbation.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the objective perturbation b and the demo's data. Default: b from "
+            "the OS's entropy, the data of seed 0. A fixed seed makes b reproducible and "
+            "voids the certified guarantee: for tests only."
+        ),
+    ] = None,
 ) -> None:
     """Train on scikit-learn's digits, stream deletions and records through the pipeline."""
     if engine_only:
@@ -206,7 +213,14 @@ def train(
     epsilon: Annotated[float, typer.Option(help="Removal guarantee epsilon.")] = 1.0,
     delta: Annotated[float, typer.Option(help="Removal guarantee delta.")] = 1e-4,
     fit_intercept: Annotated[bool, typer.Option(help="Fit an intercept.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the perturbation and the holdout.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the objective perturbation b and the holdout split. Default: b "
+            "from the OS's entropy (secret, not recorded) and a random split. A fixed seed "
+            "makes b reproducible and voids the certified guarantee: for tests only."
+        ),
+    ] = None,
 ) -> None:
     """Load records into Redis, fit, and publish version 1 with its engine checkpoint."""
     from pipeline.training import load_table, train_model

@@ -8,10 +8,11 @@ The global model minimises, over the union D of the member clients' rows (labels
     L_b(w_k; D) = \sum_{i \in D} \log(1 + e^{-y_{ik} x_i^\top w_k})
         + \frac{\lambda n}{2}\lVert w_k\rVert^2 + b_k^\top w_k
 
-with :math:`b \sim \mathcal N(0, \sigma^2 I)` drawn once from ``seed`` exactly as
+with :math:`b \sim \mathcal N(0, \sigma^2 I)` drawn once by the server exactly as
 :class:`~pipeline.unlearning.LogisticUnlearner` draws it (Guo, Goldstein, Hannun, van der
-Maaten, "Certified Data Removal from Machine Learning Models", ICML 2020, eq. 2). The
-gradient the server aggregates is the centralised one, so the federated fit and
+Maaten, "Certified Data Removal from Machine Learning Models", ICML 2020, eq. 2): from the
+operating system's entropy by default, secret. The gradient the server aggregates is the
+centralised one, so with the same b (a test's fixed ``seed``) the federated fit and
 ``LogisticUnlearner(lam, sigma, seed=seed).fit`` on the union reach the same optimum; the
 rounds are those of :class:`~pipeline.federated.server.FederatedServer`. Two classes give
 one problem (``classes[1]`` -> +1), more give one problem per class, each with its own
@@ -54,9 +55,12 @@ class FederatedLogistic(FederatedServer):
         Every class the federation predicts (clients need not hold all of them).
     n_features : int
         d.
-    lam, sigma, epsilon, delta, seed : float, float, float, float, int
+    lam, sigma, epsilon, delta : float
         As :class:`~pipeline.unlearning.LogisticUnlearner`: penalty ``lam * n / 2 ||w||^2``,
-        perturbation b ~ N(0, sigma^2 I) from ``seed``, the (epsilon, delta) budget.
+        perturbation b ~ N(0, sigma^2 I), the (epsilon, delta) budget.
+    seed : int or None
+        None (the default): b from the operating system's entropy, secret. An int makes b
+        reproducible and voids the guarantee (tests only).
     tol : float
         Released when every problem's gradient norm is at most ``tol * n``.
     max_rounds : int
@@ -98,7 +102,7 @@ class FederatedLogistic(FederatedServer):
         sigma: float = 10.0,
         epsilon: float = 1.0,
         delta: float = 1e-4,
-        seed: int = 0,
+        seed: int | None = None,
         tol: float = 1e-9,
         max_rounds: int = 50,
         refresh_above: float = 0.25,

@@ -6,8 +6,9 @@ The global model minimises, over the union of the member clients' rows,
           + b^\top w
 
 as :class:`~pipeline.unlearning.RidgeUnlearner` (intercept unpenalised, optional
-perturbation b from ``seed``). Each client reports :math:`g_c = \tilde X_c^\top(\tilde X_c w
-- y_c)` and :math:`H_c = \tilde X_c^\top \tilde X_c` once; the objective is quadratic, so the
+perturbation b, secret unless a test fixes ``seed``). Each client reports
+:math:`g_c = \tilde X_c^\top(\tilde X_c w - y_c)` and
+:math:`H_c = \tilde X_c^\top \tilde X_c` once; the objective is quadratic, so the
 server's Newton step :math:`w - (\sum_c H_c + \alpha P)^{-1}(\sum_c g_c + \alpha P w + b)` is
 the exact solution and the gradient at any other w follows from the statistics
 (:math:`g_c(w') = g_c(w) + H_c (w' - w)`). Training takes one round; forgetting a client
@@ -40,8 +41,11 @@ class FederatedRidge(FederatedServer):
     alpha : float
         L2 penalty on the coefficients (not the intercept).
     fit_intercept : bool
-    sigma, epsilon, delta, seed : float, float, float, int
+    sigma, epsilon, delta : float
         Optional perturbation (``sigma = 0``, the default, leaves it off) and its budget.
+    seed : int or None
+        None (the default): b from the operating system's entropy, secret; an int makes
+        it reproducible and voids the guarantee (tests only).
     tol : float
 
     Attributes
@@ -65,7 +69,7 @@ class FederatedRidge(FederatedServer):
         sigma: float = 0.0,
         epsilon: float = 1.0,
         delta: float = 1e-4,
-        seed: int = 0,
+        seed: int | None = None,
         tol: float = 1e-9,
     ) -> None:
         if not alpha > 0 or n_features < 1:

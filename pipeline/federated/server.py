@@ -66,6 +66,7 @@ from pipeline.federated.client import FederatedClient
 from pipeline.federated.errors import FederatedError, RoundMismatch, UnknownClient
 from pipeline.federated.statistics import ClientStatistics, ModelKind, RoundRequest
 from pipeline.unlearning import certify
+from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import UpdateReport
 
 __all__ = ["Clients", "FederatedServer"]
@@ -106,7 +107,7 @@ class FederatedServer(ABC):
         sigma: float,
         epsilon: float,
         delta: float,
-        seed: int,
+        seed: int | None,
         tol: float,
         max_rounds: int,
         refresh_above: float,
@@ -123,7 +124,8 @@ class FederatedServer(ABC):
             )
             raise InvalidInput(msg)
         self.sigma, self.epsilon, self.delta = float(sigma), float(epsilon), float(delta)
-        self.seed, self.tol, self.max_rounds = int(seed), float(tol), int(max_rounds)
+        self.seed = check_seed(seed)
+        self.tol, self.max_rounds = float(tol), int(max_rounds)
         self.refresh_above = float(refresh_above)
         self.curvature_at_release = bool(curvature_at_release)
         self.release_below = float(release_below)
@@ -186,11 +188,10 @@ class FederatedServer(ABC):
         return self._released
 
     def _draw_perturbation(self) -> Array:
-        """b ~ N(0, sigma^2 I), drawn from ``seed`` as the centralised unlearners draw it."""
-        K, d = self._shape
-        if self.sigma <= 0:
-            return np.zeros((K, d))
-        return np.random.default_rng(self.seed).normal(0.0, self.sigma, size=(K, d))
+        """b ~ N(0, sigma^2 I), drawn as the centralised unlearners draw it: from the
+        operating system's entropy unless ``seed`` is given (then the same b as a
+        centralised model with that seed; tests only)."""
+        return draw_perturbation(self.sigma, self._shape, self.seed)
 
     # -- the round protocol -----------------------------------------------------------------
     def start(self, client_ids: Iterable[str]) -> None:

@@ -2,15 +2,16 @@
 
 See :mod:`pipeline.unlearning.logistic` (influence and Fisher updates with certified removal)
 and :mod:`pipeline.unlearning.ridge` (exact removal); :mod:`pipeline.unlearning.certify`
-holds the budget and the bounds.
+holds the budget and the bounds, :mod:`pipeline.unlearning.perturbation` the secret b.
 """
 
 from pipeline.unlearning.certify import budget, worst_case_bound
 from pipeline.unlearning.logistic import LogisticUnlearner
-from pipeline.unlearning.report import UpdateReport
+from pipeline.unlearning.report import EMPTIED, UpdateReport
 from pipeline.unlearning.ridge import RidgeUnlearner
 
 __all__ = [
+    "EMPTIED",
     "LogisticUnlearner",
     "RidgeUnlearner",
     "UpdateReport",

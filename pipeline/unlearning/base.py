@@ -123,14 +123,16 @@ class BaseUnlearner(ABC):
         rows = records.append(self._augment(Xa), targets, ids)
         return self._timed(self._add(rows), start)
 
-    def refit(self, progress: Progress | None = None) -> UpdateReport:
-        """Fit again on the records held now, warm-started; method ``"retrain"``.
+    def refit(self, progress: Progress | None = None, *, warm_start: bool = True) -> UpdateReport:
+        """Fit again on the records held now, same objective and b; method ``"retrain"``.
 
-        ``progress(fraction, message)`` is called as the fit advances.
+        ``progress(fraction, message)`` is called as the fit advances. ``warm_start=False``
+        starts from w = 0, as :meth:`fit` does: the model retrained from scratch on the
+        remaining records with the same b, which a removal is compared with.
         """
         self._fitted_records()
         start = time.perf_counter()
-        return self._timed(self._refit(progress), start)
+        return self._timed(self._refit(progress, warm_start), start)
 
     # -- shared helpers -------------------------------------------------------------------
     @property
@@ -314,4 +316,4 @@ class BaseUnlearner(ABC):
     def _add(self, rows: NDArray[np.intp]) -> UpdateReport: ...
 
     @abstractmethod
-    def _refit(self, progress: Progress | None) -> UpdateReport: ...
+    def _refit(self, progress: Progress | None, warm_start: bool) -> UpdateReport: ...

@@ -2,9 +2,11 @@ r"""Certified removal for logistic regression, binary and one-vs-rest.
 
 The model minimises Guo et al.'s perturbed objective (see :mod:`pipeline.unlearning.loss`)
 with :math:`\lambda` scaled by the current number of records n and a perturbation
-:math:`b \sim \mathcal N(0, \sigma^2 I)` drawn once from ``seed``. Two classes give one
-problem (labels ``classes_[1]`` -> +1); K > 2 classes give K one-vs-rest problems that share
-the records, each with its own curvature and its own slice of b.
+:math:`b \sim \mathcal N(0, \sigma^2 I)` drawn once per fit, from the operating system's
+entropy unless a ``seed`` is given for tests (:mod:`pipeline.unlearning.perturbation`).
+Two classes give one problem (labels ``classes_[1]`` -> +1); K > 2 classes give K
+one-vs-rest problems that share the records, each with its own curvature and its own slice
+of b.
 
 Removing a batch R of m records (D' = D \ R), with the removed records' gradient
 :math:`\Delta = \sum_{i \in R} \nabla \ell_i(w) + \lambda m w`:
@@ -65,6 +67,7 @@ from pipeline.unlearning.loss import (
     objective,
     predicted_index,
 )
+from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.report import EMPTIED, UpdateReport
 
@@ -89,8 +92,12 @@ class LogisticUnlearner(BaseUnlearner):
         Standard deviation of the objective perturbation b; 0 switches certification off.
     epsilon, delta : float
         The removal guarantee; with ``sigma`` they set ``budget_``.
-    seed : int
-        Seed of b (and nothing else: fitting is deterministic).
+    seed : int or None
+        None (the default): b is drawn from the operating system's entropy at every
+        :meth:`fit`, secret as Guo et al.'s certificate requires, and kept in the
+        checkpoint (see :mod:`pipeline.unlearning.perturbation`). An int makes b, and so
+        the coefficients, reproducible by anyone who knows it, which voids the certified
+        guarantee: for tests only. Nothing else is random: fitting is deterministic.
     method : {"fisher", "influence"}
         Default removal/addition rule for :meth:`forget` and :meth:`learn`.
     certificate : {"adaptive", "exact", "bound"}
@@ -181,7 +188,7 @@ class LogisticUnlearner(BaseUnlearner):
         sigma: float = 10.0,
         epsilon: float = 1.0,
         delta: float = 1e-4,
-        seed: int = 0,
+        seed: int | None = None,
         *,
         method: str = "fisher",
         certificate: str = "adaptive",
@@ -211,7 +218,7 @@ class LogisticUnlearner(BaseUnlearner):
         self.sigma = float(sigma)
         self.epsilon = float(epsilon)
         self.delta = float(delta)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.method = method
         self.certificate = certificate
         self.fit_intercept = bool(fit_intercept)
@@ -344,13 +351,7 @@ class LogisticUnlearner(BaseUnlearner):
 
     # -- fitting --------------------------------------------------------------------------
     def _fit(self) -> None:
-        d = self._width
-        rng = np.random.default_rng(self.seed)
-        self._B = (
-            rng.normal(0.0, self.sigma, size=(self._K, d))
-            if self.sigma > 0
-            else np.zeros((self._K, d))
-        )
+        self._B = draw_perturbation(self.sigma, (self._K, self._width), self.seed)
         self.n_curvature_recomputes_ = 0
         self._fit_from_zero()
 
@@ -393,7 +394,7 @@ class LogisticUnlearner(BaseUnlearner):
             self._spectral = 0.0
         rec.refresh_max_norm()
 
-    def _refit(self, progress: Progress | None) -> UpdateReport:
+    def _refit(self, progress: Progress | None, warm_start: bool = True) -> UpdateReport:
         rec = self._fitted_records()
         if rec.n_records == 0:  # nothing to fit: the model stays empty
             self._clear()
@@ -402,6 +403,8 @@ class LogisticUnlearner(BaseUnlearner):
             return self._report("retrain", 0, 0, 0.0)
         if progress is not None:
             progress(0.0, "recomputing curvature")
+        if not warm_start:
+            self._W = np.zeros_like(self._W)
         self._recompute_curvature(gram=True)
         self._newton(progress)
         self._settle_curvature()

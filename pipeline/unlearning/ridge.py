@@ -27,6 +27,7 @@ from scipy.linalg import lapack
 from pipeline.errors import InvalidInput
 from pipeline.unlearning import certify
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
+from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
 
 __all__ = ["RidgeUnlearner"]
@@ -44,9 +45,13 @@ class RidgeUnlearner(BaseUnlearner):
     alpha : float
         L2 penalty on the coefficients (not the intercept), as scikit-learn's ``Ridge``.
     fit_intercept : bool
-    sigma, epsilon, delta, seed : float, float, float, int
+    sigma, epsilon, delta : float
         Optional objective perturbation and its guarantee; ``sigma=0`` (default) leaves
         the objective unperturbed, so the model equals scikit-learn's ``Ridge``.
+    seed : int or None
+        None (the default): b is drawn from the operating system's entropy, secret; an
+        int makes it reproducible and voids the guarantee (tests only; see
+        :mod:`pipeline.unlearning.perturbation`).
 
     Attributes
     ----------
@@ -73,7 +78,7 @@ class RidgeUnlearner(BaseUnlearner):
         sigma: float = 0.0,
         epsilon: float = 1.0,
         delta: float = 1e-4,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if not alpha > 0:
             msg = f"alpha must be > 0 for the removal to stay well posed, got {alpha}"
@@ -86,7 +91,7 @@ class RidgeUnlearner(BaseUnlearner):
         self.sigma = float(sigma)
         self.epsilon = float(epsilon)
         self.delta = float(delta)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.method = "exact"
         self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
 
@@ -144,9 +149,7 @@ class RidgeUnlearner(BaseUnlearner):
 
     def _fit(self) -> None:
         rec = self._fitted_records()
-        rng = np.random.default_rng(self.seed)
-        d = self._width
-        self._b = rng.normal(0.0, self.sigma, size=d) if self.sigma > 0 else np.zeros(d)
+        self._b = draw_perturbation(self.sigma, (self._width,), self.seed)
         self._rebuild(rec.X, rec.targets)
 
     def _rebuild(self, X: Array, y: Array) -> None:
@@ -205,7 +208,8 @@ class RidgeUnlearner(BaseUnlearner):
         self._update(rec.X[rows], rec.targets[rows], 1.0)
         return self._report(n_added=int(rows.size))
 
-    def _refit(self, progress: Progress | None) -> UpdateReport:
+    def _refit(self, progress: Progress | None, warm_start: bool = True) -> UpdateReport:
+        # the solution is exact: warm or cold, the refit solves the normal equations again
         rec = self._fitted_records()
         present = rec.weights > 0
         if present.any():

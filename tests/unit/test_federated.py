@@ -31,6 +31,7 @@ from pipeline.intake import Message, Rejected
 from pipeline.unlearning.loss import curvature_weights, gradient
 
 LAM = 1e-2  # digits and cancer are small: a larger lambda keeps the problems well conditioned
+SEED = 0  # the same b for the federated and the centralised models compared (tests only)
 
 
 def _rel(a, b):
@@ -45,7 +46,7 @@ def digit_clients(digits):
 
 
 def _fit(clients, classes, d, **kw):
-    return FederatedLogistic(classes, d, lam=LAM, **kw).fit(clients)
+    return FederatedLogistic(classes, d, lam=LAM, seed=SEED, **kw).fit(clients)
 
 
 # -- the statistics ------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_statistics_round_trip_through_client_stats_events(digit_clients):
 
 def test_round_request_round_trips_through_json(digit_clients):
     X, _y, _parts, clients = digit_clients
-    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM)
+    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM, seed=SEED)
     fed.start(clients)
     req = fed.request()
     back = RoundRequest.from_dict(json.loads(json.dumps(req.to_dict())))
@@ -177,7 +178,7 @@ def test_schema_1_cannot_carry_gradient_only_or_class_statistics(digit_clients):
 def test_federated_fit_is_the_centralised_optimum(digit_clients, refresh_above):
     X, y, _parts, clients = digit_clients
     fed = _fit(clients, np.arange(10), X.shape[1], refresh_above=refresh_above)
-    central = LogisticUnlearner(lam=LAM).fit(X, y)
+    central = LogisticUnlearner(lam=LAM, seed=SEED).fit(X, y)
     assert fed.converged_
     assert _rel(fed.coef_, central.coef_) < 1e-7
     np.testing.assert_array_equal(fed.predict(X), central.predict(X))
@@ -190,8 +191,8 @@ def test_federated_fit_is_the_centralised_optimum(digit_clients, refresh_above):
 def test_binary_federated_fit_matches_logistic_unlearner(cancer):
     X, y = cancer
     clients = make_clients(X, y, np.array_split(np.arange(len(y)), 3))
-    fed = FederatedLogistic([0, 1], X.shape[1], lam=LAM).fit(clients)
-    central = LogisticUnlearner(lam=LAM).fit(X, y)
+    fed = FederatedLogistic([0, 1], X.shape[1], lam=LAM, seed=SEED).fit(clients)
+    central = LogisticUnlearner(lam=LAM, seed=SEED).fit(X, y)
     assert fed.coef_.shape == central.coef_.shape == (X.shape[1],)
     assert _rel(fed.coef_, central.coef_) < 1e-7
     assert fed.score(X, y) == central.score(X, y)
@@ -200,7 +201,7 @@ def test_binary_federated_fit_matches_logistic_unlearner(cancer):
 def test_driving_the_protocol_by_hand_equals_fit(digit_clients):
     X, _y, _parts, clients = digit_clients
     auto = _fit(clients, np.arange(10), X.shape[1])
-    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM)
+    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM, seed=SEED)
     fed.start(clients)
     released = False
     while not released:
@@ -216,7 +217,7 @@ def test_driving_the_protocol_by_hand_equals_fit(digit_clients):
 
 def test_protocol_rejects_bad_reports(digit_clients):
     X, _y, _parts, clients = digit_clients
-    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM)
+    fed = FederatedLogistic(np.arange(10), X.shape[1], lam=LAM, seed=SEED)
     fed.start(clients)
     req = fed.request()
     assert req.curvature  # the first round must carry curvature
@@ -262,7 +263,7 @@ def test_forgetting_clients_in_sequence_equals_retraining_without_them(digit_cli
         assert report.n_removed == len(parts[int(cid[-1])])
         assert report.certified and report.certificate_kind == "exact"
     keep = np.setdiff1d(np.arange(len(y)), np.concatenate([parts[2], parts[4]]))
-    central = LogisticUnlearner(lam=LAM).fit(X[keep], y[keep])
+    central = LogisticUnlearner(lam=LAM, seed=SEED).fit(X[keep], y[keep])
     assert fed.members_ == {"client-0", "client-1", "client-3"}
     assert fed.n_records_ == len(keep) == report.n_records
     assert _rel(fed.coef_, central.coef_) < 1e-7
@@ -277,7 +278,7 @@ def test_forgetting_the_last_class_equals_retraining_without_it(digit_clients, c
     fed = _fit(clients, np.arange(10), X.shape[1], release_below=0.0)
     report = fed.forget_class(9, clients, class_rows=class_rows)
     keep = y != 9
-    central = LogisticUnlearner(lam=LAM).fit(X[keep], y[keep])
+    central = LogisticUnlearner(lam=LAM, seed=SEED).fit(X[keep], y[keep])
     assert report.n_removed == int(np.sum(y == 9)) and report.n_records == int(keep.sum())
     assert list(fed.classes_) == list(range(9))
     assert _rel(fed.coef_, central.coef_) < 1e-7
@@ -289,7 +290,7 @@ def test_forgetting_the_last_class_equals_retraining_without_it(digit_clients, c
 def test_class_removal_needs_one_vs_rest(cancer):
     X, y = cancer
     clients = make_clients(X, y, np.array_split(np.arange(len(y)), 2))
-    fed = FederatedLogistic([0, 1], X.shape[1], lam=LAM).fit(clients)
+    fed = FederatedLogistic([0, 1], X.shape[1], lam=LAM, seed=SEED).fit(clients)
     with pytest.raises(FederatedError, match="single class would remain"):
         fed.forget_class(1, clients)
     fed.forget_client("client-0", clients)
@@ -303,15 +304,15 @@ def test_federated_ridge_is_exact_and_forgets_without_rounds(sigma):
     X, y = load_diabetes(return_X_y=True)
     parts = np.array_split(np.random.default_rng(0).permutation(len(y)), 4)
     clients = make_clients(X, y, parts)
-    fed = FederatedRidge(X.shape[1], alpha=0.1, sigma=sigma).fit(clients)
-    central = RidgeUnlearner(alpha=0.1, sigma=sigma).fit(X, y)
+    fed = FederatedRidge(X.shape[1], alpha=0.1, sigma=sigma, seed=SEED).fit(clients)
+    central = RidgeUnlearner(alpha=0.1, sigma=sigma, seed=SEED).fit(X, y)
     assert fed.last_rounds_ == 1
     np.testing.assert_allclose(fed.coef_, central.coef_, rtol=1e-10, atol=1e-9)
     assert fed.intercept_ == pytest.approx(central.intercept_, rel=1e-12)
     report = fed.forget_client("client-1", clients)
     assert fed.last_rounds_ == 0 and report.method == "exact"
     keep = np.setdiff1d(np.arange(len(y)), parts[1])
-    retrained = RidgeUnlearner(alpha=0.1, sigma=sigma).fit(X[keep], y[keep])
+    retrained = RidgeUnlearner(alpha=0.1, sigma=sigma, seed=SEED).fit(X[keep], y[keep])
     np.testing.assert_allclose(fed.coef_, retrained.coef_, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(fed.predict(X), retrained.predict(X), rtol=1e-10)
     assert report.certificate < 1e-6

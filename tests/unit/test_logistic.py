@@ -122,3 +122,21 @@ def test_a_measurement_that_corrects_is_reported_as_fisher(cancer):
         methods[measure_above] = report.method
     # 1%: measured below the threshold, left as it was; 0.1%: measured over it, corrected
     assert methods == {1e-2: "influence", 1e-3: "fisher"}
+
+
+def test_a_cold_refit_is_a_fit_from_scratch_with_the_same_b(digits):
+    """``refit(warm_start=False)`` is the model retrained on the remaining records with the
+    same (secret) b: the reference a removal is compared with."""
+    X, y = digits
+    model = LogisticUnlearner(lam=1e-3, sigma=1.0, fit_intercept=True).fit(X, y)
+    model.forget(range(100))
+    B = model.state_dict()["B"]
+    report = model.refit(warm_start=False)
+    assert report.method == "retrain" and report.certified
+    scratch = LogisticUnlearner.from_state_dict(model.state_dict(include_records=True))
+    np.testing.assert_array_equal(scratch.state_dict()["B"], B)
+    seeded = LogisticUnlearner(lam=1e-3, sigma=1.0, fit_intercept=True, seed=5)
+    fresh, cold = seeded.fit(X[100:], y[100:]), LogisticUnlearner(**seeded.get_params())
+    cold.fit(X, y).forget(range(100))
+    cold.refit(warm_start=False)
+    np.testing.assert_allclose(cold.coef_, fresh.coef_, rtol=1e-9, atol=1e-12)
