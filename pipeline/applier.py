@@ -56,12 +56,13 @@ from pipeline.events import (
     RetrainRequested,
 )
 from pipeline.faults import crash_point
-from pipeline.intake import Message, Rejected
+from pipeline.intake import Message, Rejected, produced_at
 from pipeline.policy import FitBaseline, ModelHealth, RetrainPolicy, RetrainReason
 from pipeline.retraining import Retraining, engine_from_state
 from pipeline.store.facade import Store
 from pipeline.store.publication import Publication, PublishResult
 from pipeline.store.records import StoredRecord
+from pipeline.store.suppression import Candidate
 from pipeline.training import Engine, Holdout, engine_spec, holdout_score, load_holdout
 from pipeline.unlearning import LogisticUnlearner, UpdateReport
 from pipeline.unlearning.base import decode_ids
@@ -164,14 +165,24 @@ class _Plan:
     rejected: list[Rejected[Any]] = field(default_factory=list)
     skipped: int = 0
     announce: dict[str, Receipt] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # never learned: tombstone them
+    holdout_records: set[str] = field(default_factory=set)
+    holdout_rows: int = 0
 
     @property
     def changes(self) -> bool:
-        return bool(self.removed or self.added or self.erased_pending or self.events)
+        return bool(
+            self.removed or self.added or self.erased_pending or self.events or self.holdout_rows
+        )
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _erased(plan: _Plan) -> set[str]:
+    """Record ids a batch erased (held, or learned and deleted within it): tombstone them."""
+    return (set(plan.removed) | plan.erased_pending) - set(plan.added)
 
 
 class Applier:
@@ -205,6 +216,7 @@ class Applier:
         self.retrigger_after = retrigger_after
         self._models: dict[str, _Loaded] = {}
         self._triggered: dict[str, float] = {}
+        self._holdouts: dict[str, frozenset[str]] = {}
         self.loads = 0  # models (re)loaded from Redis so far
 
     # ---- routing deletions -------------------------------------------------------------
@@ -222,6 +234,8 @@ class Applier:
         outcome : Outcome
             Receipts written and events rejected while routing.
         """
+        # before any receipt can be final: what these requests erase stays out for good
+        self.store.suppressions.add([op.request for op in forgets])
         registry = set(self.store.models.models())
         subject_models = self.store.records.models_for_subjects(
             op.request.subject_id
@@ -262,6 +276,10 @@ class Applier:
                     continue
             for model_id in targets:
                 by_model.setdefault(model_id, []).append(op)
+        for model_id, ops in by_model.items():  # visible as pending until applied
+            self.store.receipts.open_many(
+                model_id, {op.request.request_id: op.request.ts for op in ops}
+            )
         return by_model, outcome
 
     def _close_new(
@@ -298,7 +316,20 @@ class Applier:
             for model_id, found in zip(ordered, pipe.execute(), strict=True):
                 if any(found):
                     models.add(model_id)
+            wanted = set(req.record_ids)
+            models |= {m for m in registry - models if wanted & self._holdout_ids(m)}
         return models
+
+    def _holdout_ids(self, model_id: str) -> frozenset[str]:
+        """Record ids in a model's holdout (cached: a holdout only ever loses rows, so a
+        stale copy is a superset, which routes a request to a model that then finds
+        nothing to erase)."""
+        ids = self._holdouts.get(model_id)
+        if ids is None:
+            holdout = load_holdout(self.store, model_id)
+            ids = frozenset(holdout.ids) if holdout is not None else frozenset()
+            self._holdouts[model_id] = ids
+        return ids
 
     # ---- applying a batch -------------------------------------------------------------
     def apply(self, model_id: str, ops: list[Op], *, _attempt: int = 0) -> Outcome:
@@ -311,6 +342,8 @@ class Applier:
             for op in ops:
                 if op.message is not None:
                     out.rejected.append(Rejected(op.message, "unknown_model", str(exc)))
+                if isinstance(op, Learn):  # its features must not stay on the records topic
+                    out.tombstones.append(op.event.record_id)
             return out
         in_flight = self.retraining.in_flight(model_id) is not None
         if not in_flight:
@@ -320,8 +353,11 @@ class Applier:
             loaded.retain_from = loaded.seq
 
         plan = self._plan(model_id, loaded, ops)
+        unsent = self.store.records.unsent_tombstones(model_id)  # a crash's leftovers
         if not plan.changes:
-            return self._close_unchanged(model_id, loaded, plan)
+            out = self._close_unchanged(model_id, loaded, plan)
+            out.tombstones = sorted(set(out.tombstones) | set(unsent))
+            return out
 
         reports: list[UpdateReport] = []
         erased: list[tuple[str, np.ndarray, Any]] = []
@@ -374,7 +410,7 @@ class Applier:
             model_id,
             published=result.notice(),
             receipts=list(result.receipts) + list(plan.announce.values()),
-            tombstones=sorted((set(plan.removed) | plan.erased_pending) - set(plan.added)),
+            tombstones=sorted(set(plan.dropped) | _erased(plan) | set(unsent)),
             rejected=plan.rejected,
             reports=reports,
             skipped=plan.skipped,
@@ -395,8 +431,27 @@ class Applier:
         final = {rid for rid, rcpt in receipts.items() if rcpt.status.final}
         subjects = {r.subject_id for r in forgets if r.subject_id is not None}
         plan.subject_records = self.store.records.subject_record_ids_many(model_id, subjects)
-        learns = [op.event.event_id for op in ops if isinstance(op, Learn)]
-        seen = self._seen_events(model_id, learns)
+        learn_ops = [op for op in ops if isinstance(op, Learn)]
+        seen = self._seen_events(model_id, [op.event.event_id for op in learn_ops])
+        suppressed = {
+            id(op)
+            for op, out in zip(
+                learn_ops,
+                self.store.suppressions.suppressed(
+                    model_id,
+                    [
+                        Candidate(
+                            op.event.record_id,
+                            op.event.subject_id,
+                            produced_at(op.event, op.message),
+                        )
+                        for op in learn_ops
+                    ],
+                ),
+                strict=True,
+            )
+            if out
+        }
         batch_events: set[str] = set()
         for op in ops:
             if isinstance(op, Learn):
@@ -405,9 +460,11 @@ class Applier:
                     plan.skipped += 1
                     continue
                 problem = self._check(model_id, loaded.engine, ev)
-                if problem is not None:
-                    if op.message is not None:
+                if problem is not None or id(op) in suppressed:
+                    if problem is not None and op.message is not None:
                         plan.rejected.append(Rejected(op.message, *problem))
+                    if ev.record_id not in loaded.held:  # its features leave the topic too
+                        plan.dropped.append(ev.record_id)
                     continue
                 batch_events.add(ev.event_id)
                 plan.events.append(ev.event_id)
@@ -428,9 +485,22 @@ class Applier:
                 plan.subjects.add(req.subject_id)
         return plan
 
+    def _resolve_holdout(self, loaded: _Loaded, plan: _Plan, req: DeletionRequested) -> int:
+        """Mark a request's holdout rows for erasure; return how many no earlier request
+        of the batch had marked."""
+        if loaded.holdout is None:
+            return 0
+        marked = set(loaded.holdout.rows_of(plan.subjects, plan.holdout_records))
+        if req.subject_id is not None:
+            plan.subjects.add(req.subject_id)
+        plan.holdout_records.update(req.record_ids or ())
+        rows = set(loaded.holdout.rows_of(plan.subjects, plan.holdout_records))
+        plan.holdout_rows = len(rows)
+        return len(rows - marked)
+
     def _resolve(self, loaded: _Loaded, plan: _Plan, req: DeletionRequested) -> int:
-        """Mark a request's records for removal; return how many it removes."""
-        n = 0
+        """Mark a request's records (and holdout rows) for removal; return how many."""
+        n = self._resolve_holdout(loaded, plan, req)
         stored: list[str] = []
         pending: list[str] = []
         if req.subject_id is not None:
@@ -491,6 +561,7 @@ class Applier:
         out = Outcome(
             model_id,
             receipts=list(plan.announce.values()),
+            tombstones=sorted(set(plan.dropped)),
             rejected=plan.rejected,
             skipped=plan.skipped,
         )
@@ -514,7 +585,9 @@ class Applier:
         extra = dict(loaded.extra)
         extra["deleted_since_fit"] = int(extra.get("deleted_since_fit", 0)) + deleted
         holdout = loaded.holdout
-        new_holdout = holdout.without_subjects(plan.subjects) if holdout is not None else None
+        new_holdout = (
+            holdout.without(plan.subjects, plan.holdout_records) if holdout is not None else None
+        )
         if new_holdout is not None:
             holdout = new_holdout
         metrics = holdout_score(engine, holdout)
@@ -526,6 +599,7 @@ class Applier:
         )
         pub.add_records(plan.added.values())
         pub.erase_records(plan.removed, {r: loaded.held[r] for r in plan.removed})
+        pub.tombstones(_erased(plan))
         for request_id, n in plan.requests.items():
             status = ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT
             pub.receipt(request_id, status, n_records=n, received_at=plan.received[request_id])
@@ -534,6 +608,8 @@ class Applier:
         if new_holdout is not None:
             pub.replace_holdout(new_holdout.fields())
         result = pub.commit()
+        if new_holdout is not None:
+            self._holdouts[model_id] = frozenset(new_holdout.ids)
         loaded.holdout = holdout
         health = ModelHealth(
             retrain_recommended=any(r.retrain_recommended for r in reports),

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         Replication factor when the pipeline creates its topics.
     legal_deadline_days : int
         Days a deletion may take before it is overdue (GDPR: one month).
+    receipt_retention_days : int
+        Days receipts, the instants requests were processed and suppressions (not
+        objections) are kept, then expire (default 730: CCPA's 24 months of records).
     max_batch, max_wait : int, float
         A worker applies up to ``max_batch`` events per model at once, waiting at most
         ``max_wait`` seconds to fill a batch.
@@ -125,6 +128,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=6, gt=0, le=10_000)
     replication_factor: int = Field(default=1, gt=0, le=16)
     legal_deadline_days: int = Field(default=30, gt=0, le=3650)
+    receipt_retention_days: int = Field(default=730, gt=0, le=36500)
 
     # workers: batching and limits
     max_batch: int = Field(default=500, gt=0, le=100_000)
@@ -179,6 +183,11 @@ class Settings(BaseSettings):
     def legal_deadline(self) -> timedelta:
         """Time allowed to complete a deletion request."""
         return timedelta(days=self.legal_deadline_days)
+
+    @property
+    def receipt_retention(self) -> timedelta:
+        """How long receipts and suppressions are kept."""
+        return timedelta(days=self.receipt_retention_days)
 
     def kafka_config(self) -> dict[str, Any]:
         """Security options for kafka-python clients (reveals the SASL password).

@@ -37,6 +37,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_BATCH_IDS",
     "MAX_FEATURES",
+    "MAX_ID",
     "SCHEMA_VERSION",
     "ClassRemoved",
     "ClientRemoved",
@@ -91,7 +92,12 @@ ModelId = Annotated[
         description="Model id: letters, digits, '.', '_', '-' (it is a Redis hash tag).",
     ),
 ]
-Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+MAX_ID = 256
+"""Longest client-supplied id (request, record, subject, event)."""
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[^\x00-\x1f]+$")]
+DerivedId = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
+"""An id the pipeline builds from client ids and model ids (e.g. a receipt's event id):
+long enough for any combination of ids of the maximal lengths."""
 Label = int | float | str
 FiniteVector = Annotated[
     list[float], Field(min_length=1, max_length=MAX_FEATURES), AfterValidator(_finite)
@@ -117,7 +123,20 @@ class Event(BaseModel):
 
 
 class RecordAdded(Event):
-    """A training record for one model (``unlearn.records``, key: record id)."""
+    """A training record for one model (``unlearn.records``, key ``model_id/record_id``).
+
+    The topic is compacted: the message key must be ``<model_id>/<record_id>`` (UTF-8) and
+    the message must go to the partition of its model (murmur2 of the model id, as the
+    Java client and :class:`~pipeline.sdk.DeletionClient` choose), so that the tombstone
+    the pipeline writes after an erasure, or for a record it refuses, replaces it.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kafka-key": "<model_id>/<record_id> (UTF-8): the compaction key",
+            "x-kafka-partition": "murmur2(model_id) % partitions, as the Java client",
+        }
+    )
 
     type: Literal["RecordAdded"] = "RecordAdded"
     event_id: Id
@@ -140,6 +159,13 @@ class DeletionRequested(Event):
     record_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_BATCH_IDS)] | None = None
     model_ids: Annotated[list[ModelId], Field(min_length=1, max_length=MAX_BATCH_IDS)] | None = None
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "erasure request"
+    objection: bool = Field(
+        default=False,
+        description=(
+            "GDPR Art. 21: also keep out every record of the subject produced later, until "
+            "the objection is lifted (`unlearn objection lift`)."
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -162,7 +188,7 @@ class ModelPublished(Event):
     """A new model version is current (``unlearn.model-updates``, compacted, key: model)."""
 
     type: Literal["ModelPublished"] = "ModelPublished"
-    event_id: Id
+    event_id: DerivedId
     model_id: ModelId
     version: int = Field(ge=1)
     parent: int | None = Field(default=None, ge=1)
@@ -188,7 +214,7 @@ class RetrainCompleted(Event):
     """The retrainer published a version fitted from scratch."""
 
     type: Literal["RetrainCompleted"] = "RetrainCompleted"
-    event_id: Id
+    event_id: DerivedId
     model_id: ModelId
     version: int = Field(ge=1)
     snapshot_seq: int = Field(ge=0)
@@ -220,7 +246,7 @@ class Receipt(Event):
     """The outcome of one deletion request for one model (``unlearn.receipts``)."""
 
     type: Literal["Receipt"] = "Receipt"
-    event_id: Id
+    event_id: DerivedId
     request_id: Id
     model_id: ModelId
     status: ReceiptStatus
@@ -260,7 +286,7 @@ class ClientStats(Event):
     """A federated client's gradient and Hessian contribution at the global ``w``."""
 
     type: Literal["ClientStats"] = "ClientStats"
-    event_id: Id
+    event_id: DerivedId
     model_id: ModelId
     client_id: Id
     round: int = Field(ge=0)
@@ -395,7 +421,13 @@ def decode_event(data: bytes | str, expected: type[E] | None = None) -> E | Even
         payload = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"not valid UTF-8 JSON: {exc}"
-        raise SchemaError(field, data, msg) from None
+        raise SchemaError(field, data[:200], msg) from None
+    except RecursionError:
+        msg = "not valid UTF-8 JSON: nested too deeply to parse"
+        raise SchemaError(field, data[:200], msg) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        msg = f"not valid UTF-8 JSON: {str(exc)[:200]}"
+        raise SchemaError(field, data[:200], msg) from None
     if not isinstance(payload, dict):
         msg = "an event must be a JSON object"
         raise SchemaError(field, payload, msg)

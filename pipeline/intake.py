@@ -28,6 +28,7 @@ __all__ = [
     "dead_letter",
     "decode_message",
     "oversized",
+    "produced_at",
     "rejection_reason",
 ]
 
@@ -57,17 +58,39 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: datetime | None = None
+    """The broker's timestamp of the message (producer's create time or log append time)."""
 
     @classmethod
     def from_faust(cls, event: Any) -> Message:
         """The message a faust ``EventT`` carries (duck-typed: intake does not import faust)."""
         msg = event.message
-        return cls(msg.topic, msg.partition, msg.offset, event.key, event.value)
+        return cls(
+            msg.topic, msg.partition, msg.offset, event.key, event.value, _when(msg.timestamp)
+        )
 
     @property
     def where(self) -> str:
         """``topic[partition] offset=N``, for log lines."""
         return f"{self.topic}[{self.partition}] offset={self.offset}"
+
+
+def _when(seconds: float | None) -> datetime | None:
+    """A Kafka timestamp (epoch seconds; absent or negative when unknown) as a datetime."""
+    if seconds is None or seconds <= 0:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def produced_at(event: Event, message: Message | None) -> datetime:
+    """When an event was produced: the earlier of its event time and its broker timestamp.
+
+    A client that leaves ``ts`` out gets the decoding time as event time; the broker's
+    timestamp then says how old the message really is.
+    """
+    if message is None or message.timestamp is None:
+        return event.ts
+    return min(event.ts, message.timestamp)
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,8 @@ def decode_message(
         return decode_event(value, expected)
     except SchemaError as exc:
         return Rejected(message, rejection_reason(exc), str(exc))
+    except Exception as exc:  # noqa: BLE001 - one message must never take the batch with it
+        return Rejected(message, "invalid", f"could not decode: {type(exc).__name__}: {exc}"[:500])
 
 
 def dead_letter(rejected: Rejected[E] | Rejected[Event]) -> DeadLetter:

@@ -26,11 +26,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import InvalidInput, PipelineError
+from pipeline.events import MAX_ID
 from pipeline.store.codec import decode_state, encode_state
 from pipeline.store.facade import Store
 from pipeline.store.keys import subject_token
 from pipeline.store.publication import PublishResult
-from pipeline.store.records import StoredRecord
+from pipeline.store.records import StoredRecord, index_subjects
 from pipeline.store.versions import ModelSpec
 from pipeline.unlearning import LogisticUnlearner, RidgeUnlearner
 
@@ -63,27 +64,72 @@ class Table:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def check_ids(self) -> None:
+        """Raise unless every record and subject id could be named by an event.
+
+        A deletion request names ids as the event schema allows them (1 to ``MAX_ID``
+        characters, no control characters); a row stored under any other id could never
+        be deleted.
+
+        Raises
+        ------
+        InvalidInput
+            Names the first bad id, its row and column.
+        """
+        for column, values in (("record id", self.ids), ("subject id", self.subjects)):
+            for row, value in enumerate(values):
+                text = str(value)
+                if 0 < len(text) <= MAX_ID and not any(ord(ch) < 0x20 for ch in text):
+                    continue
+                msg = (
+                    f"row {row}: {column} {text[:40]!r}{'...' if len(text) > 40 else ''} "
+                    f"({len(text)} characters) cannot be named by a deletion request: ids "
+                    f"must be 1-{MAX_ID} characters without control characters"
+                )
+                raise InvalidInput(msg)
+
 
 @dataclass(frozen=True)
 class Holdout:
-    """A model's holdout set: features, labels and the subject token of each row."""
+    """A model's holdout set: features, labels, record id and subject token of each row.
+
+    Holdout rows are data about people too: an erasure of their subject or of their record
+    id removes them (:meth:`without`), whether or not the subject has training rows.
+    """
 
     X: NDArray[np.float64]
     y: NDArray[Any]
     tokens: list[str]
+    ids: list[str]
 
-    def without_subjects(self, subject_ids: set[str]) -> Holdout | None:
-        """The holdout minus the rows of these subjects; ``None`` if none of them is in it."""
+    def rows_of(self, subject_ids: set[str], record_ids: set[str]) -> list[int]:
+        """Indices of the rows of these subjects or with these record ids."""
         gone = {subject_token(s) for s in subject_ids}
-        keep = [i for i, t in enumerate(self.tokens) if t not in gone]
-        if len(keep) == len(self.tokens):
+        return [
+            i
+            for i, (t, r) in enumerate(zip(self.tokens, self.ids, strict=True))
+            if t in gone or r in record_ids
+        ]
+
+    def without(self, subject_ids: set[str], record_ids: set[str]) -> Holdout | None:
+        """The holdout minus those rows; ``None`` if there is none of them in it."""
+        drop = set(self.rows_of(subject_ids, record_ids))
+        if not drop:
             return None
-        return Holdout(self.X[keep], self.y[keep], [self.tokens[i] for i in keep])
+        keep = [i for i in range(len(self.ids)) if i not in drop]
+        return Holdout(
+            self.X[keep], self.y[keep], [self.tokens[i] for i in keep], [self.ids[i] for i in keep]
+        )
 
     def fields(self) -> dict[str, bytes]:
         """Redis hash fields (the checkpoint encoding: raw arrays and a manifest)."""
         y = self.y.astype(np.float64) if self.y.dtype.kind == "f" else self.y.astype(np.int64)
-        state = {"X": self.X, "y": y, "tokens_json": json.dumps(self.tokens)}
+        state = {
+            "X": self.X,
+            "y": y,
+            "tokens_json": json.dumps(self.tokens),
+            "ids_json": json.dumps(self.ids),
+        }
         return encode_state(state)
 
 
@@ -219,7 +265,8 @@ def load_holdout(store: Store, model_id: str) -> Holdout | None:
         return None
     state = decode_state(fields)
     X = np.asarray(state["X"], dtype=np.float64)
-    return Holdout(X, np.asarray(state["y"]), json.loads(str(state["tokens_json"])))
+    tokens, ids = json.loads(str(state["tokens_json"])), json.loads(str(state["ids_json"]))
+    return Holdout(X, np.asarray(state["y"]), tokens, ids)
 
 
 def engine_spec(
@@ -298,6 +345,7 @@ def train_model(
     if not 0 <= holdout < 1:
         msg = f"holdout fraction must be in [0, 1), got {holdout}"
         raise InvalidInput(msg)
+    table.check_ids()
     rng = np.random.default_rng(seed)  # None: fresh entropy from the operating system
     order = rng.permutation(len(table))
     n_hold = int(round(holdout * len(table)))
@@ -306,7 +354,12 @@ def train_model(
     ids = [table.ids[i] for i in train]
     engine.fit(table.X[train], table.y[train], ids=ids)
     held_out = (
-        Holdout(table.X[hold], table.y[hold], [subject_token(table.subjects[i]) for i in hold])
+        Holdout(
+            table.X[hold],
+            table.y[hold],
+            [subject_token(table.subjects[i]) for i in hold],
+            [table.ids[i] for i in hold],
+        )
         if n_hold
         else None
     )
@@ -328,6 +381,8 @@ def train_model(
         )
         for i in train
     ]
+    if held_out is not None:  # so that an erasure of a holdout-only subject finds the model
+        index_subjects(store.client, store.keys, model_id, [table.subjects[i] for i in hold])
     pub = store.models.publication(model_id, 0).set_model(spec).add_records(records)
     pub.applied_seq(0).checkpoint(engine.state_dict())
     if held_out is not None:

@@ -116,6 +116,11 @@ def _apply_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
     return [routed] + [runtime.applier.apply(m, model_ops) for m, model_ops in by_model.items()]
 
 
+def _tombstones_delivered(runtime: Runtime, sent: list[tuple[str, list[str]]]) -> None:
+    for model_id, record_ids in sent:
+        runtime.store.records.tombstones_delivered(model_id, record_ids)
+
+
 def _apply_records(runtime: Runtime, ops: list[Learn]) -> list[Outcome]:
     by_model: dict[str, list[Learn]] = {}
     for op in ops:
@@ -209,6 +214,7 @@ def build_app(
         batch's offsets are committed only after this returns.
         """
         messages: list[Notice] = []
+        outcomes = list(outcomes)
 
         def send(
             name: str, key: str | bytes | None, value: bytes | None, partition: int | None = None
@@ -241,6 +247,10 @@ def build_app(
             metrics.dead_lettered(msg.topic, rej.reason)
             send(topics.dead_letter, msg.key, encode_event(dead_letter(rej)))
         await deliver(app.kafka_producer(), messages)
+        sent = [(o.model_id, o.tombstones) for o in outcomes if o.tombstones and o.model_id != "*"]
+        if sent:  # the broker has them: the ids kept for a crash's replay can go
+            with runtime.outage.tolerated("clearing delivered tombstones"):
+                await runtime.run(_tombstones_delivered, runtime, sent)
 
     def observe_published(
         outcome: Outcome, agent: str, event_times: Callable[[Outcome], list[datetime]] | None
@@ -282,22 +292,37 @@ def build_app(
         return good, bad
 
     async def guarded(
-        what: str, msgs: list[Any], work: Callable[[], Awaitable[list[Outcome]]]
+        what: str,
+        items: Sequence[Any],
+        work: Callable[[Sequence[Any]], Awaitable[list[Outcome]]],
+        message_of: Callable[[Any], Message | None],
     ) -> list[Outcome]:
-        """Run a batch until Redis takes it; an unexpected error dead-letters the batch.
+        """Run ``work(items)`` until Redis takes it; isolate a message that breaks it.
 
         Redis unreachable (:func:`pipeline.retry.is_transient`) is not the batch's fault:
         the batch is retried with backoff, its offsets uncommitted, for as long as it takes.
+        Any other error is a message the code cannot handle (a bug): the batch is split in
+        halves, each applied on its own (replays are harmless), down to the one message
+        that fails, which alone is dead-lettered; every other message is applied.
         """
         try:
-            return await retry_transient(work, f"the {what} batch", runtime.outage)
-        except Exception as exc:  # a bug: keep the evidence, keep going
-            log.exception("applying a %s batch failed; dead-lettering it", what)
-            return [
-                Outcome(
-                    "*", rejected=[Rejected(m, "internal_error", repr(exc)[:1500]) for m in msgs]
+            return await retry_transient(lambda: work(items), f"the {what} batch", runtime.outage)
+        except Exception as exc:  # a bug: keep the evidence, keep the rest of the batch
+            if len(items) > 1:
+                log.warning(
+                    "a %s batch of %d failed (%r): applying its halves apart",
+                    what,
+                    len(items),
+                    exc,
                 )
-            ]
+                half = len(items) // 2
+                first = await guarded(what, items[:half], work, message_of)
+                return first + await guarded(what, items[half:], work, message_of)
+            log.exception("applying a %s message failed; dead-lettering it", what)
+            msg = message_of(items[0]) if items else None
+            if msg is None:
+                return []
+            return [Outcome("*", rejected=[Rejected(msg, "internal_error", repr(exc)[:1500])])]
 
     @app.agent(deletions_t)
     async def deletions(stream: faust.StreamT) -> None:
@@ -307,8 +332,9 @@ def build_app(
             with metrics.batch("deletions", len(events)):
                 outcomes = await guarded(
                     "deletion",
-                    [m for _, m in good],
-                    lambda ops=ops: runtime.run(_apply_deletions, runtime, ops),
+                    ops,
+                    lambda part: runtime.run(_apply_deletions, runtime, list(part)),
+                    lambda op: op.message,
                 )
             sent = {ev.request_id: ev.ts for ev, _ in good}
             await publish(
@@ -330,8 +356,9 @@ def build_app(
             with metrics.batch("records", len(events)):
                 outcomes = await guarded(
                     "record",
-                    [m for _, m in good],
-                    lambda ops=ops: runtime.run(_apply_records, runtime, ops),
+                    ops,
+                    lambda part: runtime.run(_apply_records, runtime, list(part)),
+                    lambda op: op.message,
                 )
             await publish(
                 outcomes,

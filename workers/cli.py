@@ -276,6 +276,13 @@ def delete(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "erasure request",
     request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    objection: Annotated[
+        bool,
+        typer.Option(
+            help="GDPR Art. 21: also keep the subject's later records out, until "
+            "`unlearn objection lift`."
+        ),
+    ] = False,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for the receipts (0: do not wait).")
     ] = 0.0,
@@ -297,6 +304,7 @@ def delete(
                 model_ids=model or None,
                 reason=reason,
                 request_id=request_id,
+                objection=objection,
             )
         console.print(f"request {rid} published")
         if wait > 0:
@@ -306,6 +314,35 @@ def delete(
             if not receipts or not all(r.status.final for r in receipts):
                 msg = f"request {rid}: no final receipt from every model within {wait:g} s"
                 raise PipelineError(msg)
+
+
+objection_app = typer.Typer(help="Objections (GDPR Art. 21) to a subject's data being learned.")
+app.add_typer(objection_app, name="objection")
+
+
+@objection_app.command("lift")
+def objection_lift(
+    subject: Annotated[str, typer.Option(help="The subject whose objection ends.")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="The model the objection named (repeatable); default: all models."),
+    ] = None,
+) -> None:
+    """End an objection: the subject's records produced from now on may be learned again.
+
+    Records produced before now stay out (they were sent while the objection held).
+    """
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        lifted = store.suppressions.lift(subject, model or None)
+    if not lifted:
+        scope = ", ".join(model) if model else "all models"
+        msg = (
+            f"no objection of that subject is held for {scope}: check --subject, and --model "
+            "if the objection named models"
+        )
+        raise PipelineError(msg)
+    console.print(f"objection lifted ({lifted} scope(s)); later records will be learned")
 
 
 def _wait_receipts(store: Any, request_id: str, timeout: float) -> list[Any]:

@@ -9,7 +9,7 @@ dead letters, metrics), as the deletions agent does. Registered by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["register_federated"]
 
 Publish = Callable[..., Awaitable[None]]
-Work = Callable[[], Awaitable[list[Outcome]]]
-Guarded = Callable[[str, list[Any], Work], Awaitable[list[Outcome]]]
-"""``guarded(what, messages, work)`` of :func:`workers.app.build_app`."""
+Work = Callable[[Sequence[Any]], Awaitable[list[Outcome]]]
+Guarded = Callable[[str, Sequence[Any], Work, Callable[[Any], Any]], Awaitable[list[Outcome]]]
+"""``guarded(what, items, work, message_of)`` of :func:`workers.app.build_app`."""
 Decode = Callable[..., tuple[list[Any], list[Any]]]
 """``decode(events, parse)`` of :func:`workers.app.build_app`: (event, message) pairs and
 rejections, events counted as consumed."""
@@ -50,11 +50,13 @@ def register_federated(
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
             good, bad = decode(events, decode_federated)
             with metrics.batch("federated", len(events)):
-                # Redis unreachable: retried; any other error: the batch is dead-lettered
+                # Redis unreachable: retried; any other error: the failing message alone
+                # is dead-lettered (the batch is bisected)
                 outcomes = await guarded(
                     "federated",
-                    [m for _, m in good],
-                    lambda good=good: runtime.run(coordinator.handle, good),
+                    good,
+                    lambda part: runtime.run(coordinator.handle, list(part)),
+                    lambda pair: pair[1],
                 )
             sent: dict[str, datetime] = {ev.event_id: ev.ts for ev, _ in good}
             await publish(

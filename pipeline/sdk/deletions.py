@@ -105,6 +105,7 @@ class DeletionClient:
         model_ids: Iterable[str] | None = None,
         reason: str = "erasure request",
         request_id: str | None = None,
+        objection: bool = False,
     ) -> str:
         """Ask for a subject's data (or named records) to be forgotten.
 
@@ -120,6 +121,10 @@ class DeletionClient:
             Why (kept in the audit trail), e.g. ``"GDPR Art. 17"``.
         request_id : str, optional
             Idempotency key; a new UUID by default. Resending with the same id is safe.
+        objection : bool
+            GDPR Art. 21: also keep out every record of the subject produced after the
+            request, until the objection is lifted (``unlearn objection lift``). Without
+            it, only data produced before the erasure is kept out; later data is learned.
 
         Returns
         -------
@@ -138,6 +143,7 @@ class DeletionClient:
             record_ids=None if record_ids is None else list(record_ids),
             model_ids=None if model_ids is None else list(model_ids),
             reason=reason,
+            objection=objection,
         )
         key = event.subject_id or (event.record_ids or [event.request_id])[0]
         future = self._producer.send(

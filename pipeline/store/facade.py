@@ -18,6 +18,7 @@ from pipeline.store.keys import DEFAULT_NAMESPACE, KeySpace
 from pipeline.store.models import ModelRegistry
 from pipeline.store.receipts import DEFAULT_LEGAL_DEADLINE, ReceiptStore
 from pipeline.store.records import RecordStore
+from pipeline.store.suppression import DEFAULT_RETENTION, Suppressions
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -50,6 +51,8 @@ class Store:
         Key prefix (``unlearn``); tests use a unique one.
     legal_deadline : timedelta
         Time allowed for a deletion (receipts' ``due_at``).
+    retention : timedelta
+        How long receipts and suppressions are kept (24 months by default).
 
     Attributes
     ----------
@@ -57,6 +60,7 @@ class Store:
     records : RecordStore
     receipts : ReceiptStore
     checkpoints : CheckpointStore
+    suppressions : Suppressions
     keys : KeySpace
     """
 
@@ -65,6 +69,7 @@ class Store:
         client: redis.Redis,
         namespace: str = DEFAULT_NAMESPACE,
         legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         pool = getattr(client, "connection_pool", None)
         if getattr(pool, "connection_kwargs", {}).get("decode_responses"):
@@ -72,10 +77,11 @@ class Store:
             raise ConfigError(msg)
         self.client = client
         self.keys = KeySpace(namespace)
-        self.models = ModelRegistry(client, self.keys, legal_deadline)
+        self.models = ModelRegistry(client, self.keys, legal_deadline, retention)
         self.records = RecordStore(client, self.keys)
-        self.receipts = ReceiptStore(client, self.keys, legal_deadline)
+        self.receipts = ReceiptStore(client, self.keys, legal_deadline, retention)
         self.checkpoints = CheckpointStore(client, self.keys)
+        self.suppressions = Suppressions(client, self.keys, retention)
 
     @classmethod
     def from_url(
@@ -83,10 +89,11 @@ class Store:
         url: str,
         namespace: str = DEFAULT_NAMESPACE,
         legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+        retention: timedelta = DEFAULT_RETENTION,
         **redis_kwargs: Any,
     ) -> Store:
         """Connect to ``url`` (extra keyword arguments go to ``redis.Redis.from_url``)."""
-        return cls(connect(url, **redis_kwargs), namespace, legal_deadline)
+        return cls(connect(url, **redis_kwargs), namespace, legal_deadline, retention)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Store:
@@ -99,6 +106,7 @@ class Store:
             connect(url, **settings.redis_kwargs()),
             settings.key_namespace,
             settings.legal_deadline,
+            settings.receipt_retention,
         )
 
     def close(self) -> None:

@@ -110,6 +110,10 @@ class KeySpace:
         """SET: record ids the model holds."""
         return f"{self._model(model_id)}:recs"
 
+    def tombstones(self, model_id: str) -> str:
+        """SET: erased record ids whose tombstones the broker has not yet acknowledged."""
+        return f"{self._model(model_id)}:tombstones"
+
     def subject_records(self, model_id: str, subject_id: str) -> str:
         """SET: a subject's record ids in one model."""
         return f"{self._model(model_id)}:subj:{subject_token(subject_id)}"
@@ -155,6 +159,20 @@ class KeySpace:
     def worker(self, name: str) -> str:
         """STRING (with TTL): JSON status of a running worker process (readiness, metrics)."""
         return f"{self.namespace}:worker:{name}"
+
+    # suppression: what an acknowledged erasure keeps out --------------------------------
+    def suppression(self, kind: str, token: str, scope: str) -> str:
+        """STRING (TTL: receipt retention, none under an objection): JSON of a suppression.
+
+        ``kind`` is ``s`` (a subject) or ``r`` (a record id), ``token`` the SHA-256 token of
+        the id, ``scope`` a model id or ``*`` (every model). Own hash tag per id, ``{zs:...}``
+        or ``{zr:...}``: never one that a reader's ACL pattern (``{r:*}``) matches.
+        """
+        return f"{self.namespace}:{{z{kind}:{token}}}:supp:{scope}"
+
+    def request_seen(self, request_id: str) -> str:
+        """STRING (TTL: receipt retention): epoch seconds a request was first processed."""
+        return f"{self.namespace}:{{r:{request_id}}}:seen"
 
     def model_index(self) -> str:
         """SET: every model id that has published a version."""

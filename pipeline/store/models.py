@@ -19,7 +19,7 @@ from pipeline.errors import InvalidInput, PipelineError, UnknownModel
 from pipeline.store.codec import decode_array
 from pipeline.store.keys import KeySpace
 from pipeline.store.publication import Publication, PublishResult
-from pipeline.store.receipts import DEFAULT_LEGAL_DEADLINE
+from pipeline.store.receipts import DEFAULT_LEGAL_DEADLINE, DEFAULT_RETENTION
 from pipeline.store.versions import ModelSpec, ModelVersion, VersionMetadata
 
 __all__ = ["ModelRegistry", "UnknownVersion"]
@@ -56,6 +56,8 @@ class ModelRegistry:
     keys : KeySpace
     legal_deadline : timedelta
         Passed to publications for the receipts they open.
+    retention : timedelta
+        How long the receipts publications write are kept.
     """
 
     def __init__(
@@ -63,15 +65,19 @@ class ModelRegistry:
         client: redis.Redis,
         keys: KeySpace,
         legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self._r: Any = client  # redis-py types its replies loosely
         self._keys = keys
         self._deadline = legal_deadline
+        self._retention = retention
 
     # ---- writing -------------------------------------------------------------------
     def publication(self, model_id: str, expected_version: int) -> Publication:
         """Start building an atomic publication on top of ``expected_version``."""
-        return Publication(self._r, self._keys, model_id, expected_version, self._deadline)
+        return Publication(
+            self._r, self._keys, model_id, expected_version, self._deadline, self._retention
+        )
 
     def publish(self, model_id: str, spec: ModelSpec, expected_version: int) -> PublishResult:
         """Publish a version with nothing else attached (shortcut for a publication)."""

@@ -20,6 +20,11 @@ writer moved ``current`` first, :meth:`Publication.commit` raises
 :class:`~pipeline.errors.ModelVersionConflict` and writes nothing. After ``EXEC`` the
 transaction has also appended to the model's stream (``XADD``) and published on its
 channel (``PUBLISH``).
+
+A publication that erases records the model held retires, in the same transaction,
+every earlier version and its checkpoint: they learned from the erased records, so no
+reader may be served them and no rollback may return to them. Receipts written here
+expire after the retention period (24 months by default).
 """
 
 from __future__ import annotations
@@ -38,7 +43,12 @@ from pipeline.faults import crash_point
 from pipeline.store.checkpoints import stage_checkpoint
 from pipeline.store.codec import StateValue, encode_array, encode_state
 from pipeline.store.keys import KeySpace
-from pipeline.store.receipts import next_receipt, stage_receipts
+from pipeline.store.receipts import (
+    DEFAULT_RETENTION,
+    index_requests,
+    next_receipt,
+    stage_receipts,
+)
 from pipeline.store.records import (
     StoredRecord,
     index_model,
@@ -135,6 +145,8 @@ class Publication:
         The version the writer believes is current (0 for a model's first version).
     legal_deadline : timedelta
         For receipts that had no ``received`` entry yet.
+    retention : timedelta
+        How long the receipts written are kept.
     """
 
     def __init__(
@@ -144,6 +156,7 @@ class Publication:
         model_id: str,
         expected_version: int,
         legal_deadline: timedelta,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         keys.current(model_id)  # validates the model id
         self._r: Any = client  # redis-py types its replies loosely
@@ -151,9 +164,11 @@ class Publication:
         self.model_id = model_id
         self.expected_version = int(expected_version)
         self._deadline = legal_deadline
+        self._retention = retention
         self._spec: ModelSpec | None = None
         self._adds: dict[str, StoredRecord] = {}
         self._erase_ids: list[str] = []
+        self._tombstones: list[str] = []
         self._known_subjects: dict[str, str] = {}
         self._erase_subjects: list[str] = []
         self._receipts: dict[str, tuple[ReceiptStatus, str | None, int, datetime | None]] = {}
@@ -190,6 +205,12 @@ class Publication:
         self._erase_ids.extend(record_ids)
         if subjects:
             self._known_subjects.update(subjects)
+        return self
+
+    def tombstones(self, record_ids: Iterable[str]) -> Publication:
+        """Keep these record ids until the worker has their tombstones acknowledged
+        (:meth:`~pipeline.store.records.RecordStore.tombstones_delivered`)."""
+        self._tombstones.extend(record_ids)
         return self
 
     def erase_subject(self, subject_id: str) -> Publication:
@@ -277,9 +298,9 @@ class Publication:
             [
                 keys.model_index(),
                 *(keys.subject_models(rec.subject_id) for rec in self._adds.values()),
-                *map(keys.request_models, self._receipts),
             ],
         )
+        index_requests(self._r, keys, model_id, self._receipts, self._retention)
         current_key = keys.current(model_id)
         with self._r.pipeline(transaction=True) as pipe:
             for _ in range(_MAX_RETRIES):
@@ -389,9 +410,12 @@ class Publication:
             )
 
         drop_versions: list[int] = []
-        if self._keep_last is not None:
+        if self._keep_last is not None or erase:
             known = [int(v) for v in pipe.zrange(keys.versions(model_id), 0, -1)]
-            drop_versions = [v for v in known if v <= version - self._keep_last]
+            # an erasure retires every version that learned from the erased records
+            keep_last = 1 if erase else self._keep_last
+            assert keep_last is not None
+            drop_versions = [v for v in known if v <= version - keep_last]
         drop_checkpoints: list[int] = []
         if self._state is not None and not self._keep_older:
             drop_checkpoints = [int(v) for v in pipe.zrange(keys.checkpoints(model_id), 0, -1)]
@@ -433,6 +457,8 @@ class Publication:
         pipe.set(keys.current(model_id), version)
         pipe.set(keys.applied_seq(model_id), self._seq if self._seq is not None else meta.seq)
         stage_erase(pipe, keys, model_id, plan.erase)
+        if self._tombstones:
+            pipe.sadd(keys.tombstones(model_id), *self._tombstones)
         stage_add(pipe, keys, model_id, plan.added)
         if self._events:
             seq = self._seq if self._seq is not None else meta.seq
@@ -443,7 +469,7 @@ class Publication:
             pipe.hset(keys.holdout(model_id), mapping=self._holdout)
         if self._retrain_done:
             pipe.delete(keys.retrain_inflight(model_id), keys.retrain_result(model_id))
-        stage_receipts(pipe, keys, plan.receipts)
+        stage_receipts(pipe, keys, plan.receipts, self._retention)
         if self._state is not None:
             stage_checkpoint(pipe, keys, model_id, version, self._state, drop=plan.drop_checkpoints)
         for old in plan.drop_versions:

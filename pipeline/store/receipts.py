@@ -28,6 +28,7 @@ from pipeline.store.records import index_model
 
 __all__ = [
     "DEFAULT_LEGAL_DEADLINE",
+    "DEFAULT_RETENTION",
     "ReceiptStore",
     "index_requests",
     "next_receipt",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 DEFAULT_LEGAL_DEADLINE = timedelta(days=30)
+DEFAULT_RETENTION = timedelta(days=730)
+"""How long receipts (and suppressions) are kept: 24 months, CCPA's record-keeping rule."""
 
 
 def _now() -> datetime:
@@ -79,11 +82,15 @@ def next_receipt(
     )
 
 
-def stage_receipts(pipe: Any, keys: KeySpace, receipts: Iterable[Receipt]) -> None:
+def stage_receipts(
+    pipe: Any, keys: KeySpace, receipts: Iterable[Receipt], retention: timedelta
+) -> None:
     """Queue the writes of receipts (one model's) and their pending-set entries in a MULTI.
 
-    One ``MSET`` and at most one ``ZREM`` and one ``ZADD`` per model, whatever the count.
+    One ``MSET`` and at most one ``ZREM`` and one ``ZADD`` per model, whatever the count,
+    and an ``EXPIRE`` per receipt: a receipt is kept for ``retention``, then expires.
     """
+    ttl = max(1, int(retention.total_seconds()))
     by_model: dict[str, list[Receipt]] = {}
     for receipt in receipts:
         by_model.setdefault(receipt.model_id, []).append(receipt)
@@ -91,6 +98,8 @@ def stage_receipts(pipe: Any, keys: KeySpace, receipts: Iterable[Receipt]) -> No
         pipe.mset(
             {keys.receipt(model_id, r.request_id): r.model_dump_json(by_alias=True) for r in batch}
         )
+        for r in batch:
+            pipe.expire(keys.receipt(model_id, r.request_id), ttl)
         pending = keys.pending(model_id)
         closed = [r.request_id for r in batch if r.status.final]
         if closed:
@@ -100,10 +109,17 @@ def stage_receipts(pipe: Any, keys: KeySpace, receipts: Iterable[Receipt]) -> No
             pipe.zadd(pending, opened)
 
 
-def index_requests(client: Any, keys: KeySpace, model_id: str, request_ids: Iterable[str]) -> None:
+def index_requests(
+    client: Any,
+    keys: KeySpace,
+    model_id: str,
+    request_ids: Iterable[str],
+    retention: timedelta = DEFAULT_RETENTION,
+) -> None:
     """Add ``model_id`` to the request -> models index of each request (one round trip,
-    before the model's transaction: :func:`~pipeline.store.records.index_model`)."""
-    index_model(client, model_id, map(keys.request_models, request_ids))
+    before the model's transaction: :func:`~pipeline.store.records.index_model`); the
+    index entries expire with the receipts."""
+    index_model(client, model_id, map(keys.request_models, request_ids), retention)
 
 
 def _parse(raw: Any) -> Receipt | None:
@@ -119,6 +135,8 @@ class ReceiptStore:
     keys : KeySpace
     legal_deadline : timedelta
         ``due_at = received_at + legal_deadline``.
+    retention : timedelta
+        How long a receipt is kept (then it expires).
     """
 
     def __init__(
@@ -126,10 +144,12 @@ class ReceiptStore:
         client: redis.Redis,
         keys: KeySpace,
         legal_deadline: timedelta = DEFAULT_LEGAL_DEADLINE,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self._r: Any = client  # redis-py types its replies loosely
         self._keys = keys
         self.legal_deadline = legal_deadline
+        self.retention = retention
 
     def received(
         self, request_id: str, model_ids: Iterable[str], *, received_at: datetime | None = None
@@ -144,7 +164,7 @@ class ReceiptStore:
         now = received_at or _now()
         out = []
         for model_id in model_ids:
-            self._r.sadd(self._keys.request_models(request_id), model_id)
+            index_requests(self._r, self._keys, model_id, [request_id], self.retention)
             fresh = next_receipt(
                 None,
                 request_id=request_id,
@@ -156,6 +176,41 @@ class ReceiptStore:
             out.append(self._open(fresh))
         return out
 
+    def open_many(self, model_id: str, requests: dict[str, datetime]) -> int:
+        """Open a ``received`` receipt for each request that has none yet (two round trips).
+
+        The worker calls it when a request reaches it, before applying: a request that is
+        then lost (a bug, a crash) stays visible as pending to the overdue-deletion alert.
+        A stored receipt, open or final, is never touched. Returns how many were opened.
+        """
+        if not requests:
+            return 0
+        index_requests(self._r, self._keys, model_id, requests, self.retention)
+        ttl = max(1, int(self.retention.total_seconds()))
+        fresh = [
+            next_receipt(
+                None,
+                request_id=rid,
+                model_id=model_id,
+                status=ReceiptStatus.RECEIVED,
+                deadline=self.legal_deadline,
+                received_at=received,
+            )
+            for rid, received in requests.items()
+        ]
+        pipe = self._r.pipeline(transaction=False)
+        for receipt in fresh:
+            key = self._keys.receipt(model_id, receipt.request_id)
+            pipe.set(key, receipt.model_dump_json(by_alias=True), nx=True, ex=ttl)
+        opened = {
+            r.request_id: r.received_at.timestamp()
+            for r, ok in zip(fresh, pipe.execute(), strict=True)
+            if ok
+        }
+        if opened:
+            self._r.zadd(self._keys.pending(model_id), opened)
+        return len(opened)
+
     def _open(self, fresh: Receipt) -> Receipt:
         key = self._keys.receipt(fresh.model_id, fresh.request_id)
         with self._r.pipeline(transaction=True) as pipe:
@@ -166,7 +221,7 @@ class ReceiptStore:
                     if existing is not None:
                         return existing
                     pipe.multi()
-                    stage_receipts(pipe, self._keys, [fresh])
+                    stage_receipts(pipe, self._keys, [fresh], self.retention)
                     pipe.execute()
                     return fresh
                 except redis.WatchError:
@@ -212,7 +267,7 @@ class ReceiptStore:
         ids = list(requests)
         if not ids:
             return []
-        index_requests(self._r, self._keys, model_id, ids)
+        index_requests(self._r, self._keys, model_id, ids, self.retention)
         keys = [self._keys.receipt(model_id, rid) for rid in ids]
         with self._r.pipeline(transaction=True) as pipe:
             while True:
@@ -237,7 +292,7 @@ class ReceiptStore:
                             )
                         )
                     pipe.multi()
-                    stage_receipts(pipe, self._keys, written)
+                    stage_receipts(pipe, self._keys, written, self.retention)
                     pipe.execute()
                     return written
                 except redis.WatchError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,9 +121,11 @@ def stage_erase(pipe: Any, keys: KeySpace, model_id: str, subjects: dict[str, st
         pipe.srem(keys.subject_records(model_id, subject_id), *ids)
 
 
-def index_model(client: Any, model_id: str, index_keys: Iterable[str]) -> None:
+def index_model(
+    client: Any, model_id: str, index_keys: Iterable[str], expire: timedelta | None = None
+) -> None:
     """Add ``model_id`` to each of these index sets (subject -> models, request -> models,
-    the model registry), in one round trip.
+    the model registry), in one round trip; ``expire`` renews the sets' lifetime.
 
     The indexes live outside the model's hash slot, so a writer adds to them before the
     model's transaction: a superset is harmless, a record or receipt no index reaches
@@ -134,6 +137,8 @@ def index_model(client: Any, model_id: str, index_keys: Iterable[str]) -> None:
     pipe = client.pipeline(transaction=False)
     for key in unique:
         pipe.sadd(key, model_id)
+        if expire is not None:
+            pipe.expire(key, max(1, int(expire.total_seconds())))
     pipe.execute()
 
 
@@ -226,6 +231,21 @@ class RecordStore:
     def ids(self, model_id: str) -> set[str]:
         """Every record id the model holds."""
         return set(_ids(self._r.smembers(self._keys.records(model_id))))
+
+    def unsent_tombstones(self, model_id: str) -> list[str]:
+        """Erased record ids whose tombstones were never acknowledged by the broker.
+
+        A publication that erases records adds them in its transaction; the worker removes
+        them (:meth:`tombstones_delivered`) once the broker has taken the tombstones. What
+        is left after a crash is sent again with the model's next batch.
+        """
+        return sorted(m.decode() for m in self._r.smembers(self._keys.tombstones(model_id)))
+
+    def tombstones_delivered(self, model_id: str, record_ids: Iterable[str]) -> None:
+        """Forget the ids whose tombstones the broker acknowledged."""
+        ids = list(record_ids)
+        if ids:
+            self._r.srem(self._keys.tombstones(model_id), *ids)
 
     def count(self, model_id: str) -> int:
         """Number of records the model holds."""

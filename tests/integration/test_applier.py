@@ -221,3 +221,63 @@ def test_a_batch_that_overshoots_the_budget_is_refitted_before_publishing(
     exact = refit_on(store, model)
     published = store.models.get(model)
     assert np.linalg.norm(published.coef - exact.coef_) <= 1e-3 * np.linalg.norm(exact.coef_)
+
+
+def test_tombstones_survive_a_crash_between_the_commit_and_the_broker(
+    store: Store, model: str
+) -> None:
+    """The erased ids wait in Redis until the worker says the broker took their tombstones.
+
+    A worker that dies after the Redis commit and before the broker's ack replays the batch;
+    the requests are final by then, yet the replay must still tombstone the records.
+    """
+    applier = Applier(store)
+    doomed = sorted(store.records.subject_record_ids(model, "s7"))
+    first = applier.apply(model, [forget("req-s7", subject_id="s7")])
+    assert sorted(first.tombstones) == doomed
+    # the worker died here: nothing was delivered; a new worker replays the batch
+    again = Applier(store).apply(model, [forget("req-s7", subject_id="s7")])
+    assert again.skipped == 1 and sorted(again.tombstones) == doomed
+    store.records.tombstones_delivered(model, again.tombstones)
+    last = Applier(store).apply(model, [forget("req-s7", subject_id="s7")])
+    assert last.tombstones == []
+
+
+def test_a_refused_record_is_tombstoned_unless_the_model_holds_its_id(
+    store: Store, model: str, digits_table: Table
+) -> None:
+    """A record that will never be learned leaves the compacted topic; a held id stays."""
+    held = sorted(store.records.ids(model))[0]
+    x = digits_table.X[0]
+    out = Applier(
+        store
+    ).apply(
+        model,
+        [
+            learn("e-bad", "never", "s1", x[:10], 1),  # wrong feature count
+            learn("e-class", "odd", "s1", x, 99),  # unknown class
+            learn("e-held", held, "s1", x[:10], 1),  # refused, but the old record stays
+        ],
+    )
+    assert sorted(out.tombstones) == ["never", "odd"]
+    assert {r.reason for r in out.rejected} == {"feature_count", "unknown_class"}
+    gone = Applier(store).apply(
+        "no-such-model", [learn("e-x", "lost", "s1", x, 1, "no-such-model")]
+    )
+    assert gone.tombstones == ["lost"]
+
+
+def test_a_routed_request_is_received_and_pending_before_it_is_applied(
+    store: Store, model: str
+) -> None:
+    """A request that reaches the worker is on record at once: lost later, it stays
+    visible to the overdue-deletion alert instead of vanishing."""
+    applier = Applier(store)
+    by_model, _ = applier.route([forget("req-seen", subject_id="s3")])
+    assert list(by_model) == [model]
+    receipt = store.receipts.get_one("req-seen", model)
+    assert receipt is not None and receipt.status is ReceiptStatus.RECEIVED
+    assert [rid for rid, _ in store.receipts.pending(model)] == ["req-seen"]
+    out = applier.apply(model, by_model[model])  # then applied: final, no longer pending
+    assert [r.status for r in out.receipts] == [ReceiptStatus.APPLIED]
+    assert store.receipts.pending(model) == []

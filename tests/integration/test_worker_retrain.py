@@ -115,7 +115,7 @@ def test_deletions_during_a_retrain_are_not_lost(pipe) -> None:
 def test_deleting_a_large_fraction_triggers_a_retrain(pipe) -> None:
     store = pipe.store
     # five subjects: deleting one removes ~20% of the records, past the 10% threshold
-    train_model(store, "few", digits_table(n_subjects=5), params=PARAMS, holdout=0.1)
+    train_model(store, "few", digits_table(n_subjects=5), params=PARAMS, holdout=0.1, seed=0)
     with DeletionClient(pipe.bootstrap, pipe.prefix) as client:
         request = client.request(subject_id="s1", model_ids=["few"])
     receipt = pipe.wait_for(
