@@ -33,8 +33,9 @@ from sklearn.datasets import load_digits
 from pipeline.config import Settings, load_settings
 from pipeline.embedded import EmbeddedRedis
 from pipeline.store import Store
+from pipeline.store.keys import subject_token
 from pipeline.topics import Topics, ensure_topics
-from pipeline.training import Table, train_model
+from pipeline.training import Table, load_holdout, train_model
 from workers.processes import child_env, spawn, stop
 
 from .support import poll
@@ -147,13 +148,15 @@ def test_the_pipeline_runs_as_a_restricted_acl_user(secured) -> None:
     train_model(store, MODEL, table, params={"lam": 1e-3, "sigma": 1.0}, holdout=0.2)
     held = store.records.subject_record_ids(MODEL, "p7")
     assert held
+    in_holdout = sum(t == subject_token("p7") for t in load_holdout(store, MODEL).tokens)
     done = cli(secured, "delete", "--subject", "p7", "--model", MODEL, "--wait", "60")
     assert done.returncode == 0, done.stdout + done.stderr
     request_id = re.search(r"request (\S+) published", done.stdout).group(1)
     got = cli(secured, "receipt", request_id, "--json")
     assert got.returncode == 0, got.stderr
     (receipt,) = [json.loads(line) for line in got.stdout.splitlines()]
-    assert receipt["status"] == "applied" and receipt["n_records"] == len(held)
+    # the receipt counts the subject's training records and holdout rows it erased
+    assert receipt["status"] == "applied" and receipt["n_records"] == len(held) + in_holdout
     assert receipt["version"] >= 2 and receipt["certificate"] <= receipt["budget"]
     assert not store.records.subject_record_ids(MODEL, "p7")
 
