@@ -37,6 +37,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_BATCH_IDS",
     "MAX_FEATURES",
+    "ID_PATTERN",
     "MAX_ID",
     "SCHEMA_VERSION",
     "ClassRemoved",
@@ -94,7 +95,19 @@ ModelId = Annotated[
 ]
 MAX_ID = 256
 """Longest client-supplied id (request, record, subject, event)."""
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[^\x00-\x1f]+$")]
+ID_PATTERN = r"^[^\x00-\x1f{}]+$"
+"""Client ids: no control characters, and no braces, which delimit Redis Cluster hash tags
+(record and request ids appear in key names; a brace would move a key to another slot or
+let it match another key's pattern, e.g. a reader's ACL rule)."""
+Id = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID,
+        pattern=ID_PATTERN,
+        description="1-256 characters: no control characters, no '{' or '}'.",
+    ),
+]
 DerivedId = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
 """An id the pipeline builds from client ids and model ids (e.g. a receipt's event id):
 long enough for any combination of ids of the maximal lengths."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import InvalidInput, PipelineError
-from pipeline.events import MAX_ID
+from pipeline.events import ID_PATTERN, MAX_ID
 from pipeline.store.codec import decode_state, encode_state
 from pipeline.store.facade import Store
 from pipeline.store.keys import subject_token
@@ -34,6 +35,8 @@ from pipeline.store.publication import PublishResult
 from pipeline.store.records import StoredRecord, index_subjects
 from pipeline.store.versions import ModelSpec
 from pipeline.unlearning import LogisticUnlearner, RidgeUnlearner
+
+_ID = re.compile(ID_PATTERN)
 
 __all__ = [
     "Engine",
@@ -68,8 +71,8 @@ class Table:
         """Raise unless every record and subject id could be named by an event.
 
         A deletion request names ids as the event schema allows them (1 to ``MAX_ID``
-        characters, no control characters); a row stored under any other id could never
-        be deleted.
+        characters, no control characters or braces: ``pipeline.events.ID_PATTERN``); a
+        row stored under any other id could never be deleted.
 
         Raises
         ------
@@ -79,12 +82,12 @@ class Table:
         for column, values in (("record id", self.ids), ("subject id", self.subjects)):
             for row, value in enumerate(values):
                 text = str(value)
-                if 0 < len(text) <= MAX_ID and not any(ord(ch) < 0x20 for ch in text):
+                if len(text) <= MAX_ID and _ID.match(text):
                     continue
                 msg = (
                     f"row {row}: {column} {text[:40]!r}{'...' if len(text) > 40 else ''} "
                     f"({len(text)} characters) cannot be named by a deletion request: ids "
-                    f"must be 1-{MAX_ID} characters without control characters"
+                    f"must be 1-{MAX_ID} characters without control characters or braces"
                 )
                 raise InvalidInput(msg)
 

@@ -278,3 +278,32 @@ def test_schema_rejects_a_deletion_without_target() -> None:
     }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("bad", ["a}b", "{r:x}", "tab\there"])
+def test_ids_with_braces_or_control_characters_are_refused(bad):
+    """Braces delimit Redis Cluster hash tags and would let a key match another's ACL rule."""
+    payload = {"request_id": bad, "subject_id": "s"}
+    with pytest.raises(SchemaError) as caught:
+        decode_event(json.dumps(payload), DeletionRequested)
+    assert caught.value.field == "request_id"
+
+
+def test_hostile_payloads_are_schema_errors_not_crashes():
+    """Nesting too deep to parse and integers too long to convert are one message's
+    problem: a SchemaError that sends it to the dead-letter topic, nothing else."""
+    for raw in (b"[" * 10_000 + b"]" * 10_000, b'{"subject_id": ' + b"9" * 4_400 + b"}"):
+        with pytest.raises(SchemaError, match="not valid UTF-8 JSON"):
+            decode_event(raw, DeletionRequested)
+
+
+def test_a_receipt_built_from_the_longest_ids_is_valid():
+    rcpt = Receipt(
+        event_id=f"rcpt:{'m' * 128}:{'r' * 256}:already_absent",
+        request_id="r" * 256,
+        model_id="m" * 128,
+        status=ReceiptStatus.ALREADY_ABSENT,
+        received_at=datetime.now(UTC),
+        due_at=datetime.now(UTC),
+    )
+    assert decode_event(encode_event(rcpt)) == rcpt

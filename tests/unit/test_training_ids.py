@@ -20,6 +20,7 @@ def _table(ids: list[str], subjects: list[str]) -> Table:
         (["ok", "x" * (MAX_ID + 1)], ["a", "b"], "row 1: record id"),
         (["ok", "fine"], ["a", "tab\there"], "row 1: subject id"),
         (["", "fine"], ["a", "b"], "row 0: record id"),
+        (["ok", "x}:current"], ["a", "b"], "row 1: record id"),
     ],
 )
 def test_ids_an_event_cannot_name_are_refused_with_their_row(ids, subjects, named):
