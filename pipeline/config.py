@@ -73,6 +73,8 @@ class Settings(BaseSettings):
         Replication factor when the pipeline creates its topics.
     legal_deadline_days : int
         Days a deletion may take before it is overdue (GDPR: one month).
+    redis_cluster : bool
+        ``UNLEARN_REDIS_URL`` names a node of a Redis Cluster: connect in cluster mode.
     receipt_retention_days : int
         Days receipts, the instants requests were processed and suppressions (not
         objections) are kept, then expire (default 730: CCPA's 24 months of records).
@@ -129,6 +131,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, gt=0, le=16)
     legal_deadline_days: int = Field(default=30, gt=0, le=3650)
     receipt_retention_days: int = Field(default=730, gt=0, le=36500)
+    redis_cluster: bool = False
 
     # workers: batching and limits
     max_batch: int = Field(default=500, gt=0, le=100_000)

@@ -27,15 +27,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from pipeline.errors import PipelineError
 
 __all__ = [
     "EmbeddedKafka",
     "EmbeddedRedis",
+    "EmbeddedRedisCluster",
     "EmbeddedServices",
     "ServiceStartError",
     "free_port",
@@ -375,6 +377,8 @@ class EmbeddedRedis(_Service):
         Data directory (kept on stop); a temporary one by default (removed on stop).
     startup_timeout : float
         Seconds to wait for ``PING``.
+    extra_args : sequence of str
+        More ``redis-server`` options (e.g. ``--cluster-enabled yes``).
     """
 
     name = "redis"
@@ -388,10 +392,12 @@ class EmbeddedRedis(_Service):
         password: str | None = None,
         directory: str | os.PathLike[str] | None = None,
         startup_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(host, port, startup_timeout)
         self.persist = persist
         self._password = password
+        self._extra = list(extra_args)
         self._own_dir = directory is None
         if directory is not None:
             self._tmp = Path(directory)
@@ -426,7 +432,7 @@ class EmbeddedRedis(_Service):
         ]
         if self._password:
             argv += ["--requirepass", self._password]
-        return argv
+        return argv + self._extra
 
     def _check_ready(self, deadline: float) -> None:
         import redis
@@ -459,6 +465,103 @@ class EmbeddedRedis(_Service):
             super().stop(timeout)
         else:
             self._stop_process(timeout)
+
+
+class EmbeddedRedisCluster:
+    """A real Redis Cluster of ``nodes`` masters (``redis-server --cluster-enabled yes``).
+
+    The hash slots are split evenly between the masters (no replicas), the nodes are
+    introduced to each other with ``CLUSTER MEET``, and :meth:`start` returns once every
+    node reports ``cluster_state:ok``. For tests of the Redis layer on a cluster: each
+    model's keys share a hash tag, so one slot; the cross-model indexes are spread.
+
+    Parameters
+    ----------
+    nodes : int
+        Number of master nodes (3: the smallest cluster redis-cli accepts).
+    host : str
+        Address to bind.
+    startup_timeout : float
+        Seconds to wait for the cluster to agree on its state.
+    """
+
+    SLOTS = 16_384
+
+    def __init__(self, nodes: int = 3, *, host: str = "127.0.0.1", startup_timeout: float = 30.0):
+        if nodes < 1:
+            msg = f"a cluster needs at least one node, got {nodes}"
+            raise ValueError(msg)
+        self.host = host
+        self.startup_timeout = startup_timeout
+        self.nodes = [
+            EmbeddedRedis(
+                host=host,
+                extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
+            )
+            for _ in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of the first node (a cluster client discovers the others)."""
+        return self.nodes[0].url
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self.nodes if n.pid is not None]
+
+    def start(self) -> Self:
+        """Start every node, assign the slots, join the nodes and wait for ``ok``."""
+        import redis
+
+        try:
+            for node in self.nodes:
+                node.start()
+            clients = [redis.Redis.from_url(n.url) for n in self.nodes]
+            try:
+                per = -(-self.SLOTS // len(clients))
+                for i, client in enumerate(clients):
+                    slots = range(i * per, min((i + 1) * per, self.SLOTS))
+                    client.execute_command("CLUSTER", "ADDSLOTS", *slots)
+                for node in self.nodes[1:]:
+                    clients[0].execute_command("CLUSTER", "MEET", self.host, node.port)
+                self._wait_ok(clients)
+            finally:
+                for client in clients:
+                    client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ok(self, clients: Sequence[Any]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            texts = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t for t in texts) and all(
+                f"cluster_known_nodes:{len(clients)}" in t for t in texts
+            ):
+                return
+            time.sleep(0.1)
+        msg = f"the {len(clients)}-node Redis Cluster did not reach cluster_state:ok"
+        raise ServiceStartError(msg)
+
+    def stop(self) -> None:
+        """Stop every node (their temporary directories go with them)."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class EmbeddedServices:

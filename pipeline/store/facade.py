@@ -8,7 +8,7 @@ between the four parts.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -26,8 +26,19 @@ if TYPE_CHECKING:
 __all__ = ["Store", "connect"]
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis:
+def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` that returns bytes, as the store needs.
+
+    Parameters
+    ----------
+    url : str
+        ``redis://`` or ``rediss://``; for a cluster, any node's address.
+    cluster : bool
+        Connect to a Redis Cluster (``UNLEARN_REDIS_CLUSTER``): a
+        :class:`redis.cluster.RedisCluster` that routes each key to its slot. Every
+        transaction the store runs touches one model's keys, which share a hash tag.
+    **kwargs
+        More client options (credentials, TLS, timeouts).
 
     Raises
     ------
@@ -37,6 +48,11 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     if kwargs.get("decode_responses"):
         msg = "the state store reads raw bytes: do not pass decode_responses=True"
         raise ConfigError(msg)
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        client: Any = RedisCluster.from_url(url, **kwargs)
+        return cast("redis.Redis", client)
     return redis.Redis.from_url(url, **kwargs)
 
 
@@ -103,7 +119,7 @@ class Store:
             msg = "no Redis URL: set UNLEARN_REDIS_URL or use resolve_services(settings)"
             raise ConfigError(msg)
         return cls(
-            connect(url, **settings.redis_kwargs()),
+            connect(url, cluster=settings.redis_cluster, **settings.redis_kwargs()),
             settings.key_namespace,
             settings.legal_deadline,
             settings.receipt_retention,

@@ -143,6 +143,14 @@ class KeySpace:
         """HASH: the model's holdout set (encoded like a checkpoint: ``X``, ``y``)."""
         return f"{self._model(model_id)}:holdout"
 
+    def audits(self, model_id: str) -> str:
+        """HASH: the last audit report (JSON) of each held version; field: the version.
+
+        Written by :func:`pipeline.audit.audit`, which drops the fields of versions no
+        longer held.
+        """
+        return f"{self._model(model_id)}:audits"
+
     # retraining -------------------------------------------------------------------
     def retrain_inflight(self, model_id: str) -> str:
         """STRING (with TTL): JSON of the retrain in flight; its presence coalesces triggers."""
@@ -162,11 +170,14 @@ class KeySpace:
 
     # suppression: what an acknowledged erasure keeps out --------------------------------
     def suppression(self, kind: str, token: str, scope: str) -> str:
-        """STRING (TTL: receipt retention, none under an objection): JSON of a suppression.
+        """A suppression entry (:mod:`pipeline.store.suppression`).
 
-        ``kind`` is ``s`` (a subject) or ``r`` (a record id), ``token`` the SHA-256 token of
-        the id, ``scope`` a model id or ``*`` (every model). Own hash tag per id, ``{zs:...}``
-        or ``{zr:...}``: never one that a reader's ACL pattern (``{r:*}``) matches.
+        ``kind`` ``s`` (a subject) or ``r`` (a record id): HASH request id -> instant the
+        request was first processed, and ``lift`` -> instant of the last lifted objection
+        (TTL: receipt retention); ``o``: STRING, the subject's objection (no TTL until
+        lifted). ``token`` is the SHA-256 token of the id, ``scope`` a model id or ``*``
+        (every model). Own hash tag per id, ``{zs:...}``, ``{zr:...}`` or ``{zo:...}``: never
+        one that a reader's ACL pattern (``{r:*}``) matches.
         """
         return f"{self.namespace}:{{z{kind}:{token}}}:supp:{scope}"
 

@@ -17,9 +17,9 @@ hash slot)::
 Either all of it is visible or none: a reader that sees ``current = 8`` finds version 8's
 coefficients, the erased records gone and the receipts pointing at version 8. If another
 writer moved ``current`` first, :meth:`Publication.commit` raises
-:class:`~pipeline.errors.ModelVersionConflict` and writes nothing. After ``EXEC`` the
-transaction has also appended to the model's stream (``XADD``) and published on its
-channel (``PUBLISH``).
+:class:`~pipeline.errors.ModelVersionConflict` and writes nothing. The transaction
+also appends to the model's stream (``XADD``); after ``EXEC`` the version is announced on
+its pub/sub channel (``PUBLISH``, which Redis Cluster does not allow in a transaction).
 
 A publication that erases records the model held retires, in the same transaction,
 every earlier version and its checkpoint: they learned from the erased records, so no
@@ -46,6 +46,7 @@ from pipeline.store.keys import KeySpace
 from pipeline.store.receipts import (
     DEFAULT_RETENTION,
     index_requests,
+    mget,
     next_receipt,
     stage_receipts,
 )
@@ -180,6 +181,7 @@ class Publication:
         self._retrain_done = False
         self._holdout: dict[str, bytes] | None = None
         self._committed = False
+        self._notice: dict[str, str] = {}
 
     # ---- building ------------------------------------------------------------------
     def set_model(self, spec: ModelSpec) -> Publication:
@@ -321,6 +323,9 @@ class Publication:
                 msg = f"publication of {model_id!r} kept conflicting with record writes"
                 raise InvalidInput(msg)
         self._committed = True
+        # after EXEC: Redis Cluster allows no PUBLISH inside a transaction. The stream entry
+        # (XADD, inside it) is what watchers rely on; the channel is a best-effort wake-up.
+        self._r.publish(keys.channel(model_id), json.dumps(self._notice))
         # a subject that also gained a record here still has its set: never pruned
         prune_subject_index(self._r, keys, model_id, plan.erase.values())
         return PublishResult(
@@ -384,7 +389,7 @@ class Publication:
         receipts, kept = [], []
         request_ids = list(self._receipts)
         # one round trip for every receipt (the keys share the model's hash tag)
-        stored = pipe.mget([keys.receipt(model_id, r) for r in request_ids]) if request_ids else []
+        stored = mget(pipe, [keys.receipt(model_id, r) for r in request_ids]) if request_ids else []
         for request_id, raw in zip(request_ids, stored, strict=True):
             status, reason, n_erased, received_at = self._receipts[request_id]
             existing = None if raw is None else Receipt.model_validate_json(raw)
@@ -486,4 +491,4 @@ class Publication:
             "created_at": meta.created_at.isoformat(),
         }
         pipe.xadd(keys.events(model_id), notice, maxlen=STREAM_MAXLEN, approximate=True)
-        pipe.publish(keys.channel(model_id), json.dumps(notice))
+        self._notice = notice

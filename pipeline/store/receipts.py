@@ -15,7 +15,7 @@ across models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,6 +82,20 @@ def next_receipt(
     )
 
 
+def mget(pipe: Any, keys: Sequence[str]) -> Any:
+    """``MGET`` of keys that share one model's hash tag, in a plain or cluster pipeline.
+
+    redis-py's cluster pipeline refuses its multi-key methods by name, whatever the keys;
+    sent as a raw command, one slot's keys are as valid on a cluster as anywhere.
+    """
+    return pipe.execute_command("MGET", *keys)
+
+
+def mset(pipe: Any, mapping: Mapping[str, Any]) -> Any:
+    """``MSET`` of keys that share one model's hash tag (see :func:`mget`)."""
+    return pipe.execute_command("MSET", *(part for item in mapping.items() for part in item))
+
+
 def stage_receipts(
     pipe: Any, keys: KeySpace, receipts: Iterable[Receipt], retention: timedelta
 ) -> None:
@@ -95,8 +109,9 @@ def stage_receipts(
     for receipt in receipts:
         by_model.setdefault(receipt.model_id, []).append(receipt)
     for model_id, batch in by_model.items():
-        pipe.mset(
-            {keys.receipt(model_id, r.request_id): r.model_dump_json(by_alias=True) for r in batch}
+        mset(
+            pipe,
+            {keys.receipt(model_id, r.request_id): r.model_dump_json(by_alias=True) for r in batch},
         )
         for r in batch:
             pipe.expire(keys.receipt(model_id, r.request_id), ttl)
@@ -275,7 +290,7 @@ class ReceiptStore:
                     pipe.watch(*keys)
                     now = _now()
                     written = []
-                    for rid, raw in zip(ids, pipe.mget(keys), strict=True):
+                    for rid, raw in zip(ids, mget(pipe, keys), strict=True):
                         existing = _parse(raw)
                         if existing is not None and existing.status.final:
                             continue

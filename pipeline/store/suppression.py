@@ -26,7 +26,6 @@ replayed request never moves ``at`` forward (which would swallow later, legitima
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,21 +40,7 @@ from pipeline.store.receipts import DEFAULT_RETENTION
 __all__ = ["DEFAULT_RETENTION", "Candidate", "Suppressions"]
 
 ALL = "*"
-
-# Merge an entry atomically: ``at`` only moves forward, an objection only a lift removes.
-_MERGE = """
-local cur = redis.call('GET', KEYS[1])
-local at, objection = tonumber(ARGV[1]), ARGV[2] == '1'
-if cur then
-  local old = cjson.decode(cur)
-  if old.at > at then at = old.at end
-  objection = objection or old.objection
-end
-redis.call('SET', KEYS[1], cjson.encode({at = at, objection = objection}))
-if objection then redis.call('PERSIST', KEYS[1]) else
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
-return 1
-"""
+_LIFT = "lift"  # the field of an entry's hash that holds the instant of the last lift
 
 
 @dataclass(frozen=True)
@@ -84,13 +69,15 @@ class Suppressions:
         self._client: Any = client
         self._keys = keys
         self._ttl = max(1, int(retention.total_seconds()))
-        self._merge = self._client.register_script(_MERGE)
 
     def add(self, requests: Sequence[DeletionRequested], now: datetime | None = None) -> None:
         """Suppress the data of ``requests`` (idempotent: a replay keeps its first instant).
 
         Called before any model applies the requests, so that no receipt can be final
-        without its suppression.
+        without its suppression. Two round trips, whatever the number of requests; plain
+        commands (no script, no transaction), so it works on Redis Cluster too: each entry
+        is a hash of request id -> instant, so concurrent writers never overwrite each
+        other, and an objection is a flag of its own that never expires while it holds.
         """
         if not requests:
             return
@@ -103,9 +90,13 @@ class Suppressions:
         pipe = self._client.pipeline(transaction=False)
         for req, seen in zip(requests, replies[1::2], strict=True):
             at = float(seen) if seen is not None else at_now
-            objection = "1" if req.objection else "0"
-            for key in self._entries(req):
-                self._merge(keys=[key], args=[at, objection, self._ttl], client=pipe)
+            for kind, token, scope in self._entries(req):
+                key = self._keys.suppression(kind, token, scope)
+                pipe.hset(key, req.request_id, at)
+                pipe.expire(key, self._ttl)
+                if req.objection and kind == "s":
+                    flag = self._keys.suppression("o", token, scope)
+                    pipe.set(flag, req.request_id)  # no TTL: until lifted
         pipe.execute()
 
     def lift(
@@ -113,19 +104,19 @@ class Suppressions:
     ) -> int:
         """End an objection: the subject's data produced from now on may be learned again.
 
-        Returns the number of objections lifted (0: there was none in that scope).
+        What was produced before now stays out. Returns the number of objections lifted
+        (0: there was none in that scope).
         """
         at = (now or datetime.now(UTC)).timestamp()
         token = subject_token(subject_id)
-        scopes = list(model_ids) if model_ids is not None else [ALL]
         lifted = 0
-        for scope in scopes:
-            key = self._keys.suppression("s", token, scope)
-            raw = self._client.get(key)
-            if raw is None or not json.loads(raw).get("objection"):
+        for scope in list(model_ids) if model_ids is not None else [ALL]:
+            flag = self._keys.suppression("o", token, scope)
+            if not self._client.delete(flag):
                 continue
-            entry = {"at": max(at, float(json.loads(raw)["at"])), "objection": False}
-            self._client.set(key, json.dumps(entry), ex=self._ttl)
+            key = self._keys.suppression("s", token, scope)
+            self._client.hset(key, _LIFT, at)
+            self._client.expire(key, self._ttl)
             lifted += 1
         return lifted
 
@@ -133,29 +124,31 @@ class Suppressions:
         """Whether ``model_id`` must not learn each of ``candidates`` (one round trip)."""
         if not candidates:
             return []
-        keys: list[str] = []
+        pipe = self._client.pipeline(transaction=False)
         for c in candidates:
             s, r = subject_token(c.subject_id), subject_token(c.record_id)
             for scope in (ALL, model_id):
-                keys.append(self._keys.suppression("s", s, scope))
-                keys.append(self._keys.suppression("r", r, scope))
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
+                pipe.hvals(self._keys.suppression("s", s, scope))
+                pipe.hvals(self._keys.suppression("r", r, scope))
+                pipe.exists(self._keys.suppression("o", s, scope))
         replies = pipe.execute()
         out = []
         for i, c in enumerate(candidates):
+            instants, objections = [], 0
+            for j in range(2):  # the two scopes
+                subj, rec, obj = replies[6 * i + 3 * j : 6 * i + 3 * j + 3]
+                instants += [float(v) for v in (*subj, *rec)]
+                objections += int(obj)
             produced = c.produced_at.timestamp()
-            entries = [json.loads(raw) for raw in replies[4 * i : 4 * i + 4] if raw is not None]
-            out.append(any(e["objection"] or produced <= float(e["at"]) for e in entries))
+            out.append(objections > 0 or any(produced <= at for at in instants))
         return out
 
-    def _entries(self, req: DeletionRequested) -> list[str]:
+    def _entries(self, req: DeletionRequested) -> list[tuple[str, str, str]]:
         scopes = list(dict.fromkeys(req.model_ids)) if req.model_ids is not None else [ALL]
-        keys = []
+        out = []
         for scope in scopes:
             if req.subject_id is not None:
-                keys.append(self._keys.suppression("s", subject_token(req.subject_id), scope))
+                out.append(("s", subject_token(req.subject_id), scope))
             for rid in dict.fromkeys(req.record_ids or ()):
-                keys.append(self._keys.suppression("r", subject_token(rid), scope))
-        return keys
+                out.append(("r", subject_token(rid), scope))
+        return out

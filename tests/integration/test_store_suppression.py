@@ -50,12 +50,14 @@ def test_an_objection_holds_until_lifted_and_never_expires(store: Store) -> None
     sup = store.suppressions
     sup.add([DeletionRequested(request_id="q", subject_id="eve", objection=True)], now=_at(100))
     assert sup.suppressed("m", [Candidate("r", "eve", _at(10_000))]) == [True]
-    key = store.keys.suppression("s", subject_token("eve"), "*")
-    assert store.client.ttl(key) == -1  # no expiry while the objection holds
+    flag = store.keys.suppression("o", subject_token("eve"), "*")
+    assert store.client.ttl(flag) == -1  # no expiry while the objection holds
     assert sup.lift("eve", now=_at(20_000)) == 1
     assert sup.lift("eve", now=_at(20_001)) == 0  # nothing left to lift
     later = [Candidate("r", "eve", _at(10_000)), Candidate("s", "eve", _at(30_000))]
     assert sup.suppressed("m", later) == [True, False]
+    assert not store.client.exists(flag)
+    key = store.keys.suppression("s", subject_token("eve"), "*")
     assert 0 < store.client.ttl(key) <= int(timedelta(days=730).total_seconds())
 
 
