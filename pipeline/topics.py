@@ -17,6 +17,11 @@ __all__ = ["DELETIONS_RETENTION_MS", "Topics", "ensure_topics", "record_key"]
 DAY_MS = 24 * 3600 * 1000
 DELETIONS_RETENTION_MS = 400 * DAY_MS
 """Deletion requests are kept 400 days: longer than any legal deadline, for audits."""
+DEAD_LETTER_RETENTION_MS = 7 * DAY_MS
+"""A dead letter carries the rejected message's bytes, which may be a person's data (a
+``RecordAdded`` refused for its label, say). They leave the log within the bound an erased
+record's features leave ``unlearn.records`` (``max.compaction.lag.ms``), so an erasure's
+promise holds there too; operators read and fix dead letters within the week."""
 RECORDS_ERASURE = {
     "segment.ms": str(DAY_MS),
     "max.compaction.lag.ms": str(7 * DAY_MS),
@@ -91,7 +96,7 @@ class Topics:
             self.model_updates: compact,
             self.retrain: delete,
             self.receipts: delete,
-            self.dead_letter: delete,
+            self.dead_letter: delete | {"retention.ms": str(DEAD_LETTER_RETENTION_MS)},
             self.federated: delete,
         }
 

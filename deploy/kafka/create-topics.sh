@@ -22,5 +22,6 @@ create unlearn.model-updates  --config cleanup.policy=compact
 create unlearn.deletions      --config cleanup.policy=delete --config retention.ms=$((400 * DAY_MS))
 create unlearn.retrain        --config cleanup.policy=delete
 create unlearn.receipts       --config cleanup.policy=delete
-create unlearn.dead-letter    --config cleanup.policy=delete
+# dead letters carry rejected messages' bytes (possibly personal data): gone within a week
+create unlearn.dead-letter    --config cleanup.policy=delete --config retention.ms=$((7 * DAY_MS))
 create unlearn.federated      --config cleanup.policy=delete
