@@ -35,6 +35,7 @@ from pipeline.errors import PipelineError
 from pipeline.policy import RetrainReason
 
 if TYPE_CHECKING:
+    from pipeline.audit import AuditReport
     from pipeline.store import Store
 
 __all__ = ["Metrics", "default_metrics"]
@@ -176,6 +177,16 @@ class Metrics:
             "unlearn_oldest_pending_deletion_age_seconds",
             "Age of the oldest open deletion request (0 when none).",
         )
+        self.audit_verdict = Gauge(
+            "unlearn_audit_verdict",
+            "Verdict of the model's last stored audit (`unlearn audit`), per part and "
+            "overall: 1 pass, 0 fail, -1 not checked.",
+            ["model", "part"],
+            registry=r,
+        )
+        self.audit_version = model_gauge(
+            "unlearn_audit_version", "Version examined by the model's last stored audit."
+        )
 
     # -- what this process did ------------------------------------------------------
 
@@ -238,8 +249,19 @@ class Metrics:
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
         self.oldest_pending_age.labels(model).set(age)
 
+    def audited(self, report: AuditReport) -> None:
+        """Set a model's audit gauges to a report's verdicts."""
+        code = {"pass": 1.0, "fail": 0.0, "skipped": -1.0}
+        model = report.model_id
+        for part in report.parts:
+            self.audit_verdict.labels(model, part.part).set(code[part.verdict])
+        self.audit_verdict.labels(model, "overall").set(code[report.verdict])
+        self.audit_version.labels(model).set(report.version)
+
     def refresh_models(self, store: Store) -> None:
-        """Read every model's current metadata and open deletions from Redis."""
+        """Read every model's current metadata, open deletions and last audit from Redis."""
+        from pipeline.audit import latest_report
+
         for model in store.models.models():
             try:
                 meta = store.models.metadata(model)
@@ -256,6 +278,13 @@ class Metrics:
             )
             open_requests = store.receipts.pending(model)
             self.pending(model, len(open_requests), open_requests[0][1] if open_requests else None)
+            try:
+                report = latest_report(store, model)
+            except (PipelineError, ValueError, KeyError):  # an unreadable report: not fatal
+                log.warning("the stored audit report of %r cannot be read", model)
+                report = None
+            if report is not None:
+                self.audited(report)
 
     def lag(self, end_offsets: dict[Any, int], committed: dict[Any, int]) -> None:
         """Set consumer lag per topic from faust's ``TP -> offset`` maps."""

@@ -527,6 +527,65 @@ def status() -> None:
     console.print(table)
 
 
+@app.command("audit")
+def audit_command(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL")],
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="Also audit this deletion request, in every model."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    broker: Annotated[
+        bool,
+        typer.Option(
+            help="With --request: read the request and the tombstones from the topics "
+            "(--no-broker: Redis only, the request's ids then go unchecked)."
+        ),
+    ] = True,
+) -> None:
+    """Check MODEL's current version from stored state: certificate, integrity, erasure.
+
+    Recomputes the certificate from the stored records, compares the published coefficients
+    with the checkpoint, and with --request checks that the request's data is gone. Stores
+    the report with the version. Exit status 0: passed; 1: a check failed.
+    """
+    from pipeline.audit import audit
+
+    settings = load_settings()
+    with _services(settings) as found, _store(settings, found) as store:
+        report = audit(
+            store,
+            model_id,
+            request,
+            bootstrap=found.kafka_bootstrap if request is not None and broker else None,
+            topic_prefix=settings.topic_prefix,
+            kafka_config=settings.kafka_config(),
+        )
+    if as_json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        table = Table(
+            title=f"audit of {model_id} v{report.version}: {report.verdict.upper()}"
+            + (f" (request {request})" if request else "")
+        )
+        for col in ("part", "verdict", "check", "result", "detail"):
+            table.add_column(col)
+        marks = {True: "ok", False: "FAILED", None: "-"}
+        for part in report.parts:
+            for i, f in enumerate(part.findings):
+                where = f"[{f.model_id}] " if f.model_id and f.model_id != model_id else ""
+                table.add_row(
+                    part.part if i == 0 else "",
+                    part.verdict if i == 0 else "",
+                    f.check,
+                    marks[f.ok],
+                    where + f.detail,
+                )
+        console.print(table)
+    if report.verdict == "fail":
+        raise typer.Exit(1)
+
+
 def _age(moment: datetime) -> str:
     seconds = (datetime.now(UTC) - moment).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
