@@ -86,6 +86,23 @@ def test_an_untampered_model_passes_after_deletions(store: Store, model: str) ->
     assert load_report(store, model, 1) is None  # retired with its version
 
 
+def test_the_membership_part_compares_with_a_model_refitted_from_the_store(
+    store: Store, model: str, digits_table: Table
+) -> None:
+    """Tests know the erased features (the pipeline does not keep them): the attack on the
+    erased records does no better against the published model than against a refit."""
+    gone = sorted(store.records.subject_record_ids(model, "s7"))
+    rows = [digits_table.ids.index(r) for r in gone]
+    request = DeletionRequested(request_id="req-m", subject_id="s7")
+    erase(store, model, request)
+    erased = (digits_table.X[rows], digits_table.y[rows])
+    report = audit(store, model, "req-m", request=request, erased=erased)
+    part = report.part("membership")
+    assert part.verdict == "pass", part.to_dict()
+    assert part.figures["n_erased"] == len(gone) and part.figures["n_unseen"] == 120  # holdout
+    assert abs(part.figures["gap"]) <= 0.02
+
+
 def test_erased_features_written_back_fail_the_erasure_audit(
     store: Store, model: str, digits_table: Table
 ) -> None:
