@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -196,6 +196,9 @@ class Applier:
         Shared with the retrainer (in-flight markers, hand-off); default on ``store``.
     keep_versions : int
         Versions kept per model (older ones retired with each publication).
+    erased_versions_grace : timedelta, optional
+        Keep the versions an erasure retires readable by number this long (default: they
+        are deleted in the erasing transaction).
     retrigger_after : float
         Seconds before the same model may trigger a retrain again.
     """
@@ -208,11 +211,13 @@ class Applier:
         retraining: Retraining | None = None,
         keep_versions: int = 50,
         retrigger_after: float = 60.0,
+        erased_versions_grace: timedelta | None = None,
     ) -> None:
         self.store = store
         self.policy = policy or RetrainPolicy()
         self.retraining = retraining or Retraining(store)
         self.keep_versions = keep_versions
+        self.erased_versions_grace = erased_versions_grace
         self.retrigger_after = retrigger_after
         self._models: dict[str, _Loaded] = {}
         self._triggered: dict[str, float] = {}
@@ -605,6 +610,7 @@ class Applier:
             pub.receipt(request_id, status, n_records=n, received_at=plan.received[request_id])
         pub.mark_events(plan.events).applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
+        pub.erased_versions_grace(self.erased_versions_grace)
         if new_holdout is not None:
             pub.replace_holdout(new_holdout.fields())
         result = pub.commit()

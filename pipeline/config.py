@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         Replication factor when the pipeline creates its topics.
     legal_deadline_days : int
         Days a deletion may take before it is overdue (GDPR: one month).
+    erased_versions_grace_s : float
+        Seconds the versions an erasure retires stay readable by number (never as
+        ``current``) before they expire; 0 (default): deleted at once. At most the legal
+        deadline.
     redis_cluster : bool
         ``UNLEARN_REDIS_URL`` names a node of a Redis Cluster: connect in cluster mode.
     receipt_retention_days : int
@@ -132,6 +136,7 @@ class Settings(BaseSettings):
     legal_deadline_days: int = Field(default=30, gt=0, le=3650)
     receipt_retention_days: int = Field(default=730, gt=0, le=36500)
     redis_cluster: bool = False
+    erased_versions_grace_s: float = Field(default=0.0, ge=0)
 
     # workers: batching and limits
     max_batch: int = Field(default=500, gt=0, le=100_000)
@@ -172,6 +177,18 @@ class Settings(BaseSettings):
             msg = (
                 f"UNLEARN_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs "
                 "UNLEARN_KAFKA_SASL_USERNAME and UNLEARN_KAFKA_SASL_PASSWORD"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _check_grace(self) -> Settings:
+        deadline = self.legal_deadline.total_seconds()
+        if self.erased_versions_grace_s > deadline:
+            msg = (
+                f"UNLEARN_ERASED_VERSIONS_GRACE_S={self.erased_versions_grace_s:g} is longer "
+                f"than the legal deadline ({deadline:g} s, UNLEARN_LEGAL_DEADLINE_DAYS): a "
+                "version holding erased data may not outlive it"
             )
             raise ValueError(msg)
         return self

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import faust
@@ -153,6 +153,7 @@ def build_app(
         ),
         retraining=retraining,
         keep_versions=settings.keep_versions,
+        erased_versions_grace=timedelta(seconds=settings.erased_versions_grace_s),
         retrigger_after=max(settings.retrain_min_interval, 1.0),
     )
     app_id = f"{settings.topic_prefix}unlearn-worker"

@@ -132,6 +132,7 @@ class _Plan:
     kept: list[Receipt]
     drop_versions: list[int]
     drop_checkpoints: list[int]
+    expire_versions: list[int] = field(default_factory=list)
 
 
 class Publication:
@@ -177,6 +178,7 @@ class Publication:
         self._state: dict[str, bytes] | None = None
         self._keep_older: bool = False
         self._keep_last: int | None = None
+        self._grace: timedelta | None = None
         self._events: list[str] = []
         self._retrain_done = False
         self._holdout: dict[str, bytes] | None = None
@@ -276,6 +278,17 @@ class Publication:
             msg = f"keep_last={keep_last}: retention must keep at least the current version"
             raise InvalidInput(msg)
         self._keep_last = keep_last
+        return self
+
+    def erased_versions_grace(self, grace: timedelta | None) -> Publication:
+        """Keep the versions an erasure retires readable by number for ``grace`` (then they
+        expire); ``None`` or zero: delete them in the transaction (the default).
+
+        ``current`` never points at them either way. An operator may want a short grace
+        (an audit of the last versions before an erasure); it must not exceed the legal
+        deadline (the settings enforce it).
+        """
+        self._grace = grace if grace else None
         return self
 
     # ---- committing ----------------------------------------------------------------
@@ -415,12 +428,17 @@ class Publication:
             )
 
         drop_versions: list[int] = []
+        expire_versions: list[int] = []
         if self._keep_last is not None or erase:
             known = [int(v) for v in pipe.zrange(keys.versions(model_id), 0, -1)]
-            # an erasure retires every version that learned from the erased records
-            keep_last = 1 if erase else self._keep_last
-            assert keep_last is not None
-            drop_versions = [v for v in known if v <= version - keep_last]
+            if self._keep_last is not None:
+                drop_versions = [v for v in known if v <= version - self._keep_last]
+            if erase:  # every version that learned from the erased records is retired
+                earlier = [v for v in known if v < version and v not in drop_versions]
+                if self._grace is None:
+                    drop_versions += earlier
+                else:
+                    expire_versions = earlier
         drop_checkpoints: list[int] = []
         if self._state is not None and not self._keep_older:
             drop_checkpoints = [int(v) for v in pipe.zrange(keys.checkpoints(model_id), 0, -1)]
@@ -436,6 +454,7 @@ class Publication:
             kept=kept,
             drop_versions=drop_versions,
             drop_checkpoints=[v for v in drop_checkpoints if v != version],
+            expire_versions=expire_versions,
         )
 
     def _subjects(self, pipe: Any, ids: list[str]) -> list[str | None]:
@@ -477,6 +496,10 @@ class Publication:
         stage_receipts(pipe, keys, plan.receipts, self._retention)
         if self._state is not None:
             stage_checkpoint(pipe, keys, model_id, version, self._state, drop=plan.drop_checkpoints)
+        grace = 0 if self._grace is None else max(1, int(self._grace.total_seconds()))
+        for old in plan.expire_versions:  # readable by number for the grace period only
+            pipe.expire(keys.version(model_id, old), grace)
+            pipe.expire(keys.checkpoint(model_id, old), grace)
         for old in plan.drop_versions:
             pipe.delete(keys.version(model_id, old))
             pipe.zrem(keys.versions(model_id), str(old))

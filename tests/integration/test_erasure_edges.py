@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from pipeline.applier import Applier, Forget
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded, encode_event
 from pipeline.sdk import DeletionClient, ModelClient
 from pipeline.sdk.deletions import partition_for
@@ -250,3 +253,26 @@ def test_a_models_last_records_can_be_erased(pipe) -> None:
         assert len(empty.predict(np.zeros((2, D)))) == 2
     letters = read_topic(pipe.bootstrap, pipe.topics.dead_letter, 0, timeout=3)
     assert not [m for m in letters if model.encode() in (m.value or b"")]
+
+
+def test_a_grace_period_keeps_retired_versions_readable_by_number_only(store_for_grace) -> None:
+    """UNLEARN_ERASED_VERSIONS_GRACE_S: the versions an erasure retires expire after the
+    grace period instead of at once; ``current`` never points at them."""
+    store, applier = store_for_grace
+    table = _table(n=20, prefix="g")
+    train_model(store, "grace", table, holdout=0.0, params=PARAMS)
+    applier.apply("grace", [Forget(DeletionRequested(request_id="g1", subject_id="g1"))])
+    assert store.models.current_version("grace") == 2
+    assert store.models.get("grace", 1).metadata.version == 1  # readable by number
+    ttl = store.client.ttl(store.keys.version("grace", 1))
+    assert 0 < ttl <= 60
+
+
+def test_a_grace_longer_than_the_legal_deadline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="UNLEARN_ERASED_VERSIONS_GRACE_S"):
+        load_settings(erased_versions_grace_s=31 * 86_400, legal_deadline_days=30)
+
+
+@pytest.fixture
+def store_for_grace(store):
+    return store, Applier(store, erased_versions_grace=timedelta(seconds=60))

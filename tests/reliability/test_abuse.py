@@ -58,6 +58,9 @@ def pipe(pipeline_factory):
         retrain_deleted_fraction=FRACTION,
         retrain_hold_seconds=0,
         keep_versions=100_000,
+        # every version stays readable (by number) for the checks below, which replay the
+        # policy over each version's metadata; erasures would retire them at once otherwise
+        erased_versions_grace_s=3600,
         metrics_interval=0.5,
     ) as pipeline:
         yield pipeline
