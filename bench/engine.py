@@ -12,6 +12,10 @@ retrained on the remaining data.
   starting from the same fitted model, against scikit-learn retraining without them.
 * ``flat_in_n``: the 100-record batch at several n.
 * ``fidelity``: after forgetting 1% in batches of 10, the distance to an exact refit.
+* ``forgetting``: evidence that forgetting worked, on MNIST 3 vs 8 and Adult: the
+  feature-injection test (Izzo et al., AISTATS 2021; ``pipeline.audit.feature_injection``)
+  and the loss-threshold membership attack (Yeom et al., 2018) on records forgotten in
+  batches, against a model retrained without them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from bench.machine import describe
 from pipeline import LogisticUnlearner
+from pipeline.audit import LinearModel, feature_injection, loss_threshold_auc
 from pipeline.datasets import Dataset, load
 from pipeline.unlearning import certify
 
@@ -199,6 +204,89 @@ def fidelity(ds: Dataset, log: Log) -> dict[str, Any]:
     return row
 
 
+def adult() -> Dataset:
+    """UCI Adult (a9a encoding: 123 binary features, 14 set per row), rows scaled to norm 1."""
+    ds = load("adult_a9a", preprocess=False)
+    assert ds.X_test is not None
+    scale = max(float(np.linalg.norm(ds.X, axis=1).max()), 1.0)
+    return Dataset("adult_a9a", ds.X / scale, ds.y, ds.X_test / scale, ds.y_test)
+
+
+def forgetting(name: str, ds: Dataset, quick: bool, log: Log) -> dict[str, Any]:
+    """Feature injection and the membership attack on one dataset (Guo's parameters).
+
+    Feature injection: ``m`` records of class 0 get the injected feature and label 1, are
+    learned, then forgotten in one batch and in batches of 10, with sigma = 1 (``unlearn
+    train``'s default) and 10 (Guo's); the share of their weight on the feature left,
+    relative to a retrain (same objective and b), for the default method (adaptive
+    certificate, Fisher steps when it measures), influence steps, Fisher steps with the
+    exact certificate (measured every batch) and a retrain. Membership: 1% of the records
+    forgotten in batches of 10 (default method); the loss-threshold attack's AUC at telling
+    them from the test set, against the published model and a model retrained from scratch
+    without them.
+    """
+    m = 30 if quick else 100
+    rng = np.random.default_rng(11)
+    doomed = rng.choice(np.flatnonzero(ds.y == 0), m, replace=False)
+    injection = []
+    for sigma in (1.0, GUO["sigma"]):
+        for label, batch in (("one batch", None), ("batches of 10", 10)):
+            start = time.perf_counter()
+            r = feature_injection(
+                ds.X,
+                ds.y,
+                doomed,
+                params={**GUO, "sigma": sigma},
+                label=1,
+                batch=batch,
+                variants={"exact": {"certificate": "exact"}},
+            )
+            row = {
+                "sigma": sigma,
+                "removal": label,
+                "trained_weight": r.trained,
+                "retrained_weight": r.retrained,
+                "residual": r.residual,
+                "reported": r.reported,
+                "certificate": r.certificate,
+                "budget": r.budget,
+                "seconds": time.perf_counter() - start,
+            }
+            log(f"{name}: feature injection: {row}")
+            injection.append(row)
+    model, _ = _fit(ds)
+    n = len(ds.y)
+    removed = np.random.default_rng(12).choice(n, size=max(n // 100, 10), replace=False)
+    for part in np.array_split(removed, max(len(removed) // 10, 1)):
+        model.forget(part.tolist())
+    reference = LogisticUnlearner.from_state_dict(model.state_dict(include_records=True))
+    reference.refit(warm_start=False)
+    assert ds.X_test is not None and ds.y_test is not None
+    erased, unseen = (ds.X[removed], ds.y[removed]), (ds.X_test, ds.y_test)
+    aucs = {}
+    for label, engine in (("published", model), ("retrained", reference)):
+        lm = LinearModel.from_engine(engine)
+        aucs[label] = loss_threshold_auc(lm.losses(*erased), lm.losses(*unseen))
+    membership = {
+        "removed": int(len(removed)),
+        "n_unseen": int(len(ds.y_test)),
+        "auc_published": aucs["published"],
+        "auc_retrained": aucs["retrained"],
+        "gap": aucs["published"] - aucs["retrained"],
+        "certificate": model.certificate_,
+        "budget": model.budget_,
+    }
+    log(f"{name}: membership: {membership}")
+    return {
+        "dataset": name,
+        "n": n,
+        "d": int(ds.X.shape[1]),
+        "injected": m,
+        "injection": injection,
+        "membership": membership,
+    }
+
+
 def run_engine_bench(quick: bool = False, log: Log | None = None) -> dict[str, Any]:
     """All engine figures as one JSON-able object (times in seconds)."""
     say: Log = log or (lambda _msg: None)
@@ -213,6 +301,11 @@ def run_engine_bench(quick: bool = False, log: Log | None = None) -> dict[str, A
     results["batch_cost"] = costs
     results["flat_in_n"] = flat_in_n(mnist_3v8, quick, say)
     results["fidelity"] = fidelity(binary, say)
+    adult_ds = adult()
+    results["forgetting"] = [
+        forgetting("MNIST 3 vs 8", binary, quick, say),
+        forgetting("Adult", _subset(adult_ds, 5000) if quick else adult_ds, quick, say),
+    ]
     return results
 
 
@@ -239,6 +332,7 @@ def main() -> None:
         *report._costs(results["batch_cost"]),
         *report._flat(results["flat_in_n"]),
         *report._fidelity(results["fidelity"]),
+        *report._forgetting(results["forgetting"]),
     ]
     print("\n".join(lines))
     if args.json is not None:

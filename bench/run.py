@@ -139,6 +139,57 @@ def _fidelity(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def _forgetting(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Did forgetting work? Feature injection and membership inference",
+        "",
+        "Feature injection (Izzo et al., AISTATS 2021): a feature that is 1 on `m` records of "
+        "class 0 and 0 elsewhere, those records relabelled 1 (rows rescaled into the unit "
+        "ball), learned and then forgotten. The table gives the share of the records' weight "
+        "on the feature that is left, |w - w_retrain| / |w_trained - w_retrain| (0 is "
+        "perfect; target for the default method: at most 1%), lambda = 1e-3. A retrain's "
+        "weight is not 0 but -b_j / (lambda n'), from the objective's perturbation b: its "
+        "share of the trained weight is in the last column. *default* is the engine's "
+        "default, Fisher steps with the adaptive certificate, which takes an influence step "
+        "between two measurements of the residual (the step its last batch reported is in "
+        "parentheses); *exact* measures every batch, so every step is a Fisher step.",
+        "",
+        "| data | n | m | sigma | removal | default | influence | exact | retrain | "
+        "certificate default / budget | retrain's weight / trained weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for f in r["injection"]:
+            res, cert = f["residual"], f["certificate"]
+            lines.append(
+                f"| {r['dataset']} | {r['n']} | {r['injected']} | {f['sigma']:g} | "
+                f"{f['removal']} | {res['fisher']:.1e} ({f['reported']['fisher']}) | "
+                f"{res['influence']:.1e} | {res['exact']:.1e} | {res['retrain']:.0e} | "
+                f"{cert['fisher']:.3g} / {f['budget']:.3g} | "
+                f"{f['retrained_weight'] / f['trained_weight']:.3f} |"
+            )
+    lines += [
+        "",
+        "Membership inference (the loss-threshold attack of Yeom et al., 2018): 1% of the "
+        "records, chosen at random, forgotten in batches of 10 with the default method; the "
+        "attack's ROC AUC at telling them from the test set by their loss, under the published "
+        "model and under a model retrained from scratch without them (same objective and b). "
+        "Target: within 0.02.",
+        "",
+        "| data | removed | test records | AUC published | AUC retrained | gap | certificate "
+        "/ budget |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["membership"]
+        lines.append(
+            f"| {r['dataset']} | {m['removed']} | {m['n_unseen']} | {m['auc_published']:.4f} | "
+            f"{m['auc_retrained']:.4f} | {m['gap']:+.4f} | {m['certificate']:.3g} / "
+            f"{m['budget']:.3g} |"
+        )
+    return [*lines, ""]
+
+
 def _pipeline(p: dict[str, Any]) -> list[str]:
     t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
     drain, ceiling = p["drain"], p["faust_ceiling"]
@@ -196,6 +247,7 @@ def render(results: dict[str, Any]) -> str:
         *_costs(results["batch_cost"]),
         *_flat(results["flat_in_n"]),
         *_fidelity(results["fidelity"]),
+        *(_forgetting(results["forgetting"]) if "forgetting" in results else []),
         *(_pipeline(results["pipeline"]) if "pipeline" in results else []),
         *([federated.markdown(results["federated"])] if "federated" in results else []),
     ]

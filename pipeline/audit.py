@@ -1698,6 +1698,7 @@ def feature_injection(
     label: Hashable | None = None,
     batch: int | None = None,
     methods: Sequence[str] = ("fisher", "influence"),
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> InjectionResult:
     r"""The feature-injection test of Izzo, Smart, Chaudhuri and Zou (AISTATS 2021).
 
@@ -1742,6 +1743,10 @@ def feature_injection(
         Forget in batches of this size (default: one batch).
     methods : sequence of str
         Removal methods to run.
+    variants : mapping, optional
+        More runs, by name: parameter changes applied to the same fitted model (its
+        checkpoint), e.g. ``{"exact": {"certificate": "exact"}}``; each forgets with its
+        default method.
 
     Returns
     -------
@@ -1777,11 +1782,13 @@ def feature_injection(
     after: dict[str, Array] = {"retrain": retrained}
     reported = {"retrain": "retrain"}
     certificate = {"retrain": reference.certificate_}
-    for method in methods:
-        copy = LogisticUnlearner.from_state_dict(state)
-        reported[method] = forget(copy, method)
-        after[method] = weight(copy)
-        certificate[method] = copy.certificate_
+    runs: dict[str, tuple[Mapping[str, Any], str | None]] = {m: ({}, m) for m in methods}
+    runs |= {name: (changes, None) for name, changes in (variants or {}).items()}
+    for name, (changes, method) in runs.items():
+        copy = LogisticUnlearner.from_state_dict({**state, **changes})
+        reported[name] = forget(copy, method)
+        after[name] = weight(copy)
+        certificate[name] = copy.certificate_
     scale = float(np.linalg.norm(trained - retrained))
     size = float(np.linalg.norm(trained))
 

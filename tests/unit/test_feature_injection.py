@@ -7,9 +7,13 @@ deletion, what is left of it is compared with a retrain on the remaining records
 objective and perturbation b). With b, a retrain's weight on the feature is not 0 but
 ``-b_j / (lambda n')``; the figure asserted is the share of the records' contribution that is
 left (``pipeline.audit.feature_injection``). Target: at most 1% for the default method.
-Achieved here: about 1e-15 (round-off), in one batch or in several, because a Newton step on
-the remaining data lands on the retrained weight once the feature is zero on every remaining
-record.
+Achieved here, with ``unlearn train``'s lambda and sigma: about 1e-15 (round-off), in one
+batch or in several, because a Newton step on the remaining data lands on the retrained
+weight once the feature is zero on every remaining record. Not everywhere: the default's
+adaptive certificate takes influence steps between its measurements, and with a budget ten
+times larger (sigma = 10, Guo et al.'s) on MNIST 3 vs 8 and Adult in batches of 10 it
+measures rarely and leaves up to about 1.4%, within its certificate (``make bench``,
+BENCHMARKS.md); measured every batch (``certificate="exact"``) it leaves 1e-13.
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ def test_in_batches_influence_keeps_what_the_default_method_removes(cancer, doom
     """Six batches of five: every influence step but the last is taken while doomed records
     remain, and what it leaves is carried over; the default (Fisher) step removes it."""
     X, y = cancer
-    result = feature_injection(X, y, doomed, params=PARAMS, label=0, batch=5)
+    result = feature_injection(
+        X, y, doomed, params=PARAMS, label=0, batch=5, variants={"exact": {"certificate": "exact"}}
+    )
     assert result.batches == 6
     assert result.residual["fisher"] <= TARGET  # achieved: ~1e-15
+    assert result.residual["exact"] <= TARGET
     assert result.certificate["fisher"] <= result.budget
     # the influence model keeps about 40% of the records' weight on the feature, and its
     # certificate says so: over the budget, so the pipeline would refit before publishing
