@@ -126,39 +126,69 @@ def n_final(store: Store, model_id: str, request_ids: Sequence[str]) -> int:
     )
 
 
-def read_topic(bootstrap: str, topic: str, settle: float = 1.5) -> list[Any]:
-    """Every message of ``topic``, read until ``settle`` seconds bring nothing new."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[Any]], bool] | None = None,
+    timeout: float = 60.0,
+) -> list[Any]:
+    """Every message of ``topic``, from the beginning to its end offsets.
+
+    The end offsets are taken when the read starts, so nothing already on the topic is
+    missed however slow the broker answers. With ``until``, the read goes on to the new
+    end offsets until ``until(messages)`` holds (for messages still being produced), or
+    ``timeout`` seconds pass (the caller's assertions then say what is missing).
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
     try:
         parts = sorted(consumer.partitions_for_topic(topic) or [])
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out: list[Any] = []
-        quiet = time.monotonic()
-        while time.monotonic() - quiet < settle:
-            got = consumer.poll(timeout_ms=200)
-            for batch in got.values():
+        deadline = time.monotonic() + timeout
+        ends = consumer.end_offsets(tps)
+        while True:
+            for batch in consumer.poll(timeout_ms=200).values():
                 out.extend(batch)
-            if got:
-                quiet = time.monotonic()
-        return out
+            if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                if until is None or until(out) or time.monotonic() > deadline:
+                    return out
+                ends = consumer.end_offsets(tps)  # not there yet: read what came since
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s reading {topic}")
     finally:
         consumer.close()
 
 
-def receipt_messages(bootstrap: str, topic: str, model_id: str) -> dict[str, set[tuple]]:
+def receipt_messages(
+    bootstrap: str, topic: str, model_id: str, request_ids: Sequence[str] = ()
+) -> dict[str, set[tuple]]:
     """The distinct receipts each request got for ``model_id`` on the receipts topic.
 
     The topic is at-least-once: a request replayed after a crash announces its receipt
     again, with the same ``event_id``, version and status. A receipt is identified by those.
+    A receipt reaches the topic just after the Redis transaction that made it final, so the
+    read goes on until every one of ``request_ids`` has announced one (or a minute passed).
     """
     seen: dict[str, set[tuple]] = {}
-    for msg in read_topic(bootstrap, topic):
-        body = json.loads(msg.value)
-        if body.get("model_id") == model_id and body.get("status") in ("applied", "already_absent"):
-            key = (body["event_id"], body["version"], body["status"], body["completed_at"])
-            seen.setdefault(body["request_id"], set()).add(key)
+    counted = [0]  # how many of the messages read so far are in ``seen``
+
+    def complete(messages: list[Any]) -> bool:
+        for msg in messages[counted[0] :]:
+            body = json.loads(msg.value)
+            if body.get("model_id") == model_id and body.get("status") in (
+                "applied",
+                "already_absent",
+            ):
+                key = (body["event_id"], body["version"], body["status"], body["completed_at"])
+                seen.setdefault(body["request_id"], set()).add(key)
+        counted[0] = len(messages)
+        return set(request_ids) <= seen.keys()
+
+    complete(read_topic(bootstrap, topic, until=complete))
     return seen
 
 

@@ -244,7 +244,7 @@ def test_fuzzed_payloads_never_stop_the_worker(pipe, bad: list[Bad]) -> None:
 
     def letters() -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
-        for msg in read_topic(pipe.bootstrap, pipe.topics.dead_letter, settle=0.5):
+        for msg in read_topic(pipe.bootstrap, pipe.topics.dead_letter):
             body = json.loads(msg.value)
             key = base64.b64decode(body["key_b64"] or "").decode(errors="replace")
             if key.startswith(f"bad-{tag}-"):

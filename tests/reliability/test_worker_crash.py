@@ -59,7 +59,7 @@ def check_exactly_once(pipe, model_id: str, request_ids: list[str]) -> None:
     got = receipts(pipe.store, model_id, request_ids)
     assert all(r is not None and r.status.value == "applied" for r in got)
     assert all(r.n_records == 1 for r in got)  # each request removed its one record once
-    on_topic = receipt_messages(pipe.bootstrap, pipe.topics.receipts, model_id)
+    on_topic = receipt_messages(pipe.bootstrap, pipe.topics.receipts, model_id, request_ids)
     missing = [q for q in request_ids if q not in on_topic]
     differing = {q: v for q, v in on_topic.items() if len(v) > 1}
     assert not missing, f"{len(missing)} receipts never reached the topic, e.g. {missing[:3]}"
