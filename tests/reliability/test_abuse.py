@@ -44,7 +44,7 @@ from workers.retrainer import request_retrain
 
 from .support import PARAMS, Streamer, adult, deletions, n_final, poll, read_topic, receipts
 
-MIN_INTERVAL = 5.0
+MIN_INTERVAL = 3.0
 FRACTION = 0.05  # the deleted-fraction trigger (UNLEARN_RETRAIN_DELETED_FRACTION)
 
 
@@ -164,7 +164,7 @@ def test_a_poisoning_deletion_flood_is_receipted_certified_and_throttled(
         events = deletions(model, doomed)
         request_ids = [ev.request_id for ev in events]
         started = time.time()
-        streamer = Streamer(pipe.bootstrap, pipe.topics.deletions, events, chunk=50, every=0.3)
+        streamer = Streamer(pipe.bootstrap, pipe.topics.deletions, events, chunk=50, every=0.15)
         streamer.start()
         streamer.join(120)
         assert streamer.error is None and not streamer.is_alive()
