@@ -26,7 +26,7 @@ PARAMS = {"lam": 1e-3, "sigma": 10.0, "seed": 0, "fit_intercept": True}
 @pytest.fixture(scope="module")
 def pipe(pipeline_factory):
     with pipeline_factory(
-        "retrain", retrainer=True, retrain_hold_seconds=4, retrain_min_interval=0
+        "retrain", retrainer=True, retrain_hold_seconds=2.5, retrain_min_interval=0
     ) as pipeline:
         yield pipeline
 
