@@ -6,21 +6,29 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
 
 
-def _pipeline_processes() -> list[int]:
+def _processes_tagged(tag: str) -> list[int]:
+    """Processes whose environment holds ``PYTEST_DEMO_TAG=tag``: the demo and its children.
+
+    Every process the demo starts (broker, redis-server, worker, retrainer) inherits its
+    environment. Matching on that, not on command lines, leaves out the pipelines other
+    test runs on the same machine have running meanwhile.
+    """
+    marker = f"PYTEST_DEMO_TAG={tag}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"workers.cli" in cmd or b"tansu" in cmd and b"broker" in cmd and b"demo" in cmd:
+        if marker in environ:
             found.append(int(entry.name))
     return found
 
@@ -28,7 +36,8 @@ def _pipeline_processes() -> list[int]:
 def test_demo_end_to_end_on_embedded_services() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_")}
     env["COLUMNS"] = "160"
-    before = set(_pipeline_processes())
+    tag = uuid.uuid4().hex
+    env["PYTEST_DEMO_TAG"] = tag  # marks the demo's processes
     done = subprocess.run(
         [UNLEARN, "demo", "--subjects", "6", "--records", "80"],
         env=env,
@@ -49,11 +58,12 @@ def test_demo_end_to_end_on_embedded_services() -> None:
     ):
         assert line in out, out
     assert "Traceback" not in out + done.stderr
-    # the worker and the retrainer are gone (reaped; a loaded machine may take a moment)
+    # the broker, redis-server, worker and retrainer are gone (the demo stops and reaps
+    # them; any left die with it, PR_SET_PDEATHSIG: a loaded machine may take a moment)
     deadline = time.monotonic() + 30
-    while not set(_pipeline_processes()) <= before and time.monotonic() < deadline:
+    while _processes_tagged(tag) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert set(_pipeline_processes()) <= before
+    assert not _processes_tagged(tag)
 
 
 def test_engine_only_demo_still_works() -> None:
