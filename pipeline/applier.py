@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ import numpy as np
 from pipeline.errors import ModelVersionConflict, PipelineError, UnknownModel
 from pipeline.events import (
     DeletionRequested,
+    ModelOps,
     ModelPublished,
     Receipt,
     ReceiptStatus,
@@ -121,6 +123,8 @@ class Outcome:
         The engine's reports of this batch's updates (a forget, a learn, or both).
     skipped : int
         Events already applied before (replays), dropped.
+    forward : list of ModelOps
+        Requests routed to models, for ``unlearn.model-ops`` (the intake stage's output).
     """
 
     model_id: str
@@ -133,6 +137,7 @@ class Outcome:
     reports: list[UpdateReport] = field(default_factory=list)
     skipped: int = 0
     held_back: tuple[str, str] | None = None
+    forward: list[ModelOps] = field(default_factory=list)
 
 
 @dataclass
@@ -686,9 +691,11 @@ class Applier:
         return None if cached is None else cached.version
 
     # ---- merging a retrain --------------------------------------------------------------
-    def poll_retrains(self) -> list[Outcome]:
-        """Merge every refit the retrainer handed back; see :meth:`merge_retrain`."""
-        waiting = self.retraining.pending_results(self.store.models.models())
+    def poll_retrains(self, owns: Callable[[str], bool] | None = None) -> list[Outcome]:
+        """Merge every refit the retrainer handed back for a model this worker owns
+        (``owns(model_id)``; default: every model); see :meth:`merge_retrain`."""
+        models = [m for m in self.store.models.models() if owns is None or owns(m)]
+        waiting = self.retraining.pending_results(models)
         return [out for out in (self.merge_retrain(m) for m in waiting) if out is not None]
 
     def merge_retrain(self, model_id: str) -> Outcome | None:

@@ -46,12 +46,15 @@ __all__ = [
     "DeadLetter",
     "DeletionRequested",
     "Event",
+    "ModelOps",
     "ModelPublished",
+    "Origin",
     "Receipt",
     "ReceiptStatus",
     "RecordAdded",
     "RetrainCompleted",
     "RetrainRequested",
+    "RoutedRequest",
     "decode_event",
     "encode_event",
 ]
@@ -343,6 +346,41 @@ class ClassRemoved(Event):
     reason: str = Field(default="class removal", min_length=1, max_length=500)
 
 
+class Origin(BaseModel):
+    """Where a routed event was consumed: for dead letters and logs of the next stage."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str = Field(min_length=1, max_length=300)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    timestamp: datetime | None = None
+
+
+class RoutedRequest(BaseModel):
+    """A deletion request as the intake stage hands it to one model's owner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request: DeletionRequested
+    origin: Origin
+
+
+class ModelOps(Event):
+    """Deletion requests routed to one model (``unlearn.model-ops``, internal, key: model).
+
+    The intake stage consumes ``unlearn.deletions`` (keyed by subject), validates and
+    resolves each request to the models it concerns, and writes one ``ModelOps`` per
+    model and batch, partitioned by model id as ``unlearn.records`` is: the worker that
+    owns a model's partition applies its deletions and its new records, alone.
+    """
+
+    type: Literal["ModelOps"] = "ModelOps"
+    event_id: DerivedId
+    model_id: ModelId
+    requests: Annotated[list[RoutedRequest], Field(min_length=1, max_length=MAX_BATCH_IDS)]
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     RecordAdded,
     DeletionRequested,
@@ -354,6 +392,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ClientStats,
     ClientRemoved,
     ClassRemoved,
+    ModelOps,
 )
 _BY_NAME: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
 _ANY_EVENT: TypeAdapter[Any] = TypeAdapter(
@@ -367,7 +406,8 @@ _ANY_EVENT: TypeAdapter[Any] = TypeAdapter(
         | DeadLetter
         | ClientStats
         | ClientRemoved
-        | ClassRemoved,
+        | ClassRemoved
+        | ModelOps,
         Field(discriminator="type"),
     ]
 )

@@ -17,6 +17,9 @@ __all__ = ["DELETIONS_RETENTION_MS", "Topics", "ensure_topics", "record_key"]
 DAY_MS = 24 * 3600 * 1000
 DELETIONS_RETENTION_MS = 400 * DAY_MS
 """Deletion requests are kept 400 days: longer than any legal deadline, for audits."""
+MODEL_OPS_RETENTION_MS = 7 * DAY_MS
+"""Routed requests carry the requests (subject ids): kept a week, as dead letters are;
+the owner applies them within seconds, the rest is slack for an outage."""
 DEAD_LETTER_RETENTION_MS = 7 * DAY_MS
 """A dead letter carries the rejected message's bytes, which may be a person's data (a
 ``RecordAdded`` refused for its label, say). They leave the log within the bound an erased
@@ -67,6 +70,11 @@ class Topics:
         return f"{self.prefix}unlearn.deletions"
 
     @property
+    def model_ops(self) -> str:
+        """Internal: deletion requests routed to one model, keyed and partitioned by model."""
+        return f"{self.prefix}unlearn.model-ops"
+
+    @property
     def model_updates(self) -> str:
         return f"{self.prefix}unlearn.model-updates"
 
@@ -93,6 +101,7 @@ class Topics:
         return {
             self.records: compact | RECORDS_ERASURE,
             self.deletions: delete | {"retention.ms": str(DELETIONS_RETENTION_MS)},
+            self.model_ops: delete | {"retention.ms": str(MODEL_OPS_RETENTION_MS)},
             self.model_updates: compact,
             self.retrain: delete,
             self.receipts: delete,

@@ -38,12 +38,13 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from pipeline.applier import Applier, Forget, Learn, Outcome
 from pipeline.config import Settings
-from pipeline.events import DeletionRequested, Event, RecordAdded, encode_event
+from pipeline.events import DeletionRequested, Event, ModelOps, RecordAdded, encode_event
 from pipeline.intake import Message, Rejected, dead_letter, decode_message
 from pipeline.metrics import Metrics, default_metrics
 from pipeline.policy import RetrainPolicy, Schedule
 from pipeline.retraining import Retraining
 from pipeline.retry import Outage, retry_transient
+from pipeline.routing import forgets, model_ops
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics, record_key
@@ -111,9 +112,19 @@ class Runtime:
         self.store.client.set(self.store.keys.worker(self.name), json.dumps(self.status()), ex=30)
 
 
-def _apply_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
+def _route_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
+    """The intake stage: suppressions, received receipts, and per-model batches to send."""
     by_model, routed = runtime.applier.route(ops)
-    return [routed] + [runtime.applier.apply(m, model_ops) for m, model_ops in by_model.items()]
+    routed.forward = model_ops(by_model, runtime.settings.max_event_bytes)
+    return [routed]
+
+
+def _apply_routed(runtime: Runtime, ops: list[tuple[str, Forget]]) -> list[Outcome]:
+    """The owner stage: each model's routed requests, in order, one batch per model."""
+    by_model: dict[str, list[Forget]] = {}
+    for model_id, op in ops:
+        by_model.setdefault(model_id, []).append(op)
+    return [runtime.applier.apply(m, model_ops) for m, model_ops in by_model.items()]
 
 
 def _tombstones_delivered(runtime: Runtime, sent: list[tuple[str, list[str]]]) -> None:
@@ -197,6 +208,20 @@ def build_app(
     # sent with the producer directly, see publish()
     deletions_t = topic(topics.deletions)
     records_t = topic(topics.records)
+    model_ops_t = topic(topics.model_ops)
+
+    def partition_of(model_id: str) -> int:
+        """The partition of a model on ``unlearn.records`` and ``unlearn.model-ops``."""
+        return partition_for(model_id, range(runtime.record_partitions))
+
+    def owns(model_id: str) -> bool:
+        """This worker holds the model's partition of ``unlearn.model-ops`` (and, faust
+        assigning co-partitioned topics together, of ``unlearn.records``)."""
+        assignment = app.consumer.assignment() if app.consumer is not None else set()
+        return any(
+            tp.topic == topics.model_ops and tp.partition == partition_of(model_id)
+            for tp in assignment
+        )
 
     metrics = runtime.metrics
     metrics.up.labels("worker").set(1)
@@ -231,6 +256,8 @@ def build_app(
                 send(topics.model_updates, pub.model_id, encode_event(pub))
             for receipt in outcome.receipts:
                 send(topics.receipts, receipt.request_id, encode_event(receipt))
+            for ops in outcome.forward:  # the intake stage's per-model batches
+                send(topics.model_ops, ops.model_id, encode_event(ops), partition_of(ops.model_id))
             if outcome.tombstones:
                 part = partition_for(outcome.model_id, range(runtime.record_partitions))
                 for record_id in outcome.tombstones:
@@ -327,6 +354,7 @@ def build_app(
 
     @app.agent(deletions_t)
     async def deletions(stream: faust.StreamT) -> None:
+        """Intake: requests keyed by subject, routed to per-model batches (model-ops)."""
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
             good, bad = decode(events, DeletionRequested)
             ops = [Forget(ev, msg) for ev, msg in good]
@@ -334,10 +362,25 @@ def build_app(
                 outcomes = await guarded(
                     "deletion",
                     ops,
-                    lambda part: runtime.run(_apply_deletions, runtime, list(part)),
+                    lambda part: runtime.run(_route_deletions, runtime, list(part)),
                     lambda op: op.message,
                 )
-            sent = {ev.request_id: ev.ts for ev, _ in good}
+            await publish(outcomes, bad, "intake")
+
+    @app.agent(model_ops_t)
+    async def owner(stream: faust.StreamT) -> None:
+        """Owner: the requests routed to the models of this worker's partitions."""
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            good, bad = decode(events, ModelOps)
+            ops = [(batch.model_id, op) for batch, _ in good for op in forgets([batch])]
+            with metrics.batch("model-ops", len(events)):
+                outcomes = await guarded(
+                    "deletion",
+                    ops,
+                    lambda part: runtime.run(_apply_routed, runtime, list(part)),
+                    lambda pair: pair[1].message,
+                )
+            sent = {op.request.request_id: op.request.ts for _, op in ops}
             await publish(
                 outcomes,
                 bad,
@@ -373,7 +416,7 @@ def build_app(
         outcomes: list[Outcome] = []
         try:
             with runtime.outage.tolerated("merging refits"):
-                outcomes = await runtime.run(runtime.applier.poll_retrains)
+                outcomes = await runtime.run(runtime.applier.poll_retrains, owns)
         except Exception:
             log.exception("merging a refit failed; the result stays in Redis for a retry")
             return
@@ -396,7 +439,9 @@ def build_app(
         requests: list[Any] = []
         with runtime.outage.tolerated("the scheduled retrains"):
             requests = [
-                runtime.applier.request_retrain(m, "schedule") for m in store.models.models()
+                runtime.applier.request_retrain(m, "schedule")
+                for m in store.models.models()
+                if owns(m)
             ]
         outcomes = [Outcome(r.model_id, retrain=r) for r in requests]
         await publish(outcomes, [])

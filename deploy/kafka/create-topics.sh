@@ -20,6 +20,8 @@ create unlearn.records        --config cleanup.policy=compact --config segment.m
   --config max.compaction.lag.ms=$((7 * DAY_MS)) --config delete.retention.ms=$DAY_MS
 create unlearn.model-updates  --config cleanup.policy=compact
 create unlearn.deletions      --config cleanup.policy=delete --config retention.ms=$((400 * DAY_MS))
+# internal: requests routed to one model, partitioned as unlearn.records (same count!)
+create unlearn.model-ops      --config cleanup.policy=delete --config retention.ms=$((7 * DAY_MS))
 create unlearn.retrain        --config cleanup.policy=delete
 create unlearn.receipts       --config cleanup.policy=delete
 # dead letters carry rejected messages' bytes (possibly personal data): gone within a week

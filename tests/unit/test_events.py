@@ -21,12 +21,15 @@ from pipeline.events import (
     DeadLetter,
     DeletionRequested,
     Event,
+    ModelOps,
     ModelPublished,
+    Origin,
     Receipt,
     ReceiptStatus,
     RecordAdded,
     RetrainCompleted,
     RetrainRequested,
+    RoutedRequest,
     decode_event,
     encode_event,
 )
@@ -103,6 +106,16 @@ def examples() -> list[Event]:
         ),
         ClientRemoved(event_id="f2", model_id="fed", client_id="hospital-a"),
         ClassRemoved(event_id="f3", model_id="fed", class_label="cat"),
+        ModelOps(
+            event_id="ops:churn:unlearn.deletions:1:40-41:abc",
+            model_id="churn",
+            requests=[
+                RoutedRequest(
+                    request=DeletionRequested(request_id="q1", subject_id="s"),
+                    origin=Origin(topic="unlearn.deletions", partition=1, offset=40),
+                )
+            ],
+        ),
     ]
 
 
