@@ -67,6 +67,7 @@ from pipeline.unlearning.loss import (
     objective,
     predicted_index,
 )
+from pipeline.unlearning.newton import NewtonSolver
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.report import EMPTIED, UpdateReport
@@ -76,9 +77,6 @@ __all__ = ["LogisticUnlearner"]
 Array = NDArray[np.float64]
 
 METHODS = ("fisher", "influence")
-_FLOOR_STEPS = 3
-"""Newton steps on a fresh curvature that must fail to lower the gradient norm before
-the loop takes it for the round-off floor and stops."""
 
 
 class LogisticUnlearner(BaseUnlearner):
@@ -430,60 +428,22 @@ class LogisticUnlearner(BaseUnlearner):
         rec.refresh_max_norm()
 
     def _newton(self, progress: Progress | None) -> None:
-        """Damped Newton on the cached curvature, recomputed when contraction stalls."""
-        rec = self._fitted_records()
-        tol_abs = self.tol * max(rec.n_records, 1)
-        G = self._gradient(self._W)
-        norms = np.linalg.norm(G, axis=1)
-        fresh = True
-        floor = 0  # consecutive steps on a fresh curvature that did not lower the gradient
-        start = max(float(norms.max()), tol_abs)
-        for _ in range(self.max_iter):
-            if norms.max() <= tol_abs:
-                break
-            S = self._curv.solve(G)
-            W, t = self._line_search(G, S)
-            self._drift += t * np.linalg.norm(S, axis=1)
-            self._W = W
-            G_new = self._gradient(W)
-            new = np.linalg.norm(G_new, axis=1)
-            stalled = (new > self.drift_tol * norms) & (norms > tol_abs)
-            if stalled.any():
-                # Damped Newton may raise the gradient norm while it lowers the objective
-                # far from the optimum (records far from the data: tests/reliability/
-                # test_abuse.py stopped here thousands of times over the budget when one
-                # such step ended the loop); only repeated failures are the round-off floor.
-                # The curvature is fresh already: step again on it, no recompute.
-                if fresh and (new >= norms).all():
-                    floor += 1
-                    if floor >= _FLOOR_STEPS:
-                        G, norms = G_new, new
-                        break
-                else:
-                    floor = 0
-                    self._recompute_curvature()
-                    fresh = True
-            else:
-                fresh, floor = False, 0
-            G, norms = G_new, new
-            if progress is not None and start > tol_abs:
-                done = math.log(start / max(float(norms.max()), tol_abs)) / math.log(
-                    start / tol_abs
-                )
-                progress(min(max(done, 0.0), 0.99), f"gradient norm {norms.max():.3g}")
+        """Minimise the objective from the current model (:class:`NewtonSolver`)."""
+        solver = NewtonSolver(
+            objective=self._objective,
+            gradient=self._gradient,
+            curvature=self._curv,
+            recompute=self._recompute_curvature_at,
+            tol_abs=self.tol * max(self._fitted_records().n_records, 1),
+            max_iter=self.max_iter,
+            drift_tol=self.drift_tol,
+            progress=progress,
+        )
+        self._W = solver.solve(self._W)
 
-    def _line_search(self, G: Array, S: Array) -> tuple[Array, Array]:
-        """Armijo backtracking per problem along ``-S``; returns new W and step sizes."""
-        f0 = self._objective(self._W)
-        slope = -(G * S).sum(axis=1)
-        t = np.ones(self._K)
-        for _ in range(40):
-            W = self._W - t[:, None] * S
-            ok = self._objective(W) <= f0 + 1e-4 * t * slope + 1e-12 * np.abs(f0)
-            if ok.all():
-                break
-            t = np.where(ok, t, 0.5 * t)
-        return W, t
+    def _recompute_curvature_at(self, W: Array) -> None:
+        self._W = W
+        self._recompute_curvature()
 
     # -- updates --------------------------------------------------------------------------
     def _remove(
