@@ -226,120 +226,7 @@ class Applier:
         self.retrigger_after = retrigger_after
         self._models: dict[str, _Loaded] = {}
         self._triggered: dict[str, float] = {}
-        self._holdouts: dict[str, frozenset[str]] = {}
         self.loads = 0  # models (re)loaded from Redis so far
-
-    # ---- routing deletions -------------------------------------------------------------
-    def route(self, forgets: list[Forget]) -> tuple[dict[str, list[Forget]], Outcome]:
-        """Fan deletion requests out to the models they concern.
-
-        A request names its models, or concerns every model that holds the subject's or
-        the named records. A named model that does not exist gets a ``rejected`` receipt
-        (and the request a dead letter if it names no existing model); a request whose
-        data no model holds gets an ``already_absent`` receipt from every model.
-
-        Returns
-        -------
-        by_model : dict of str to list of Forget
-        outcome : Outcome
-            Receipts written and events rejected while routing.
-        """
-        # before any receipt can be final: what these requests erase stays out for good
-        self.store.suppressions.add([op.request for op in forgets])
-        registry = set(self.store.models.models())
-        subject_models = self.store.records.models_for_subjects(
-            op.request.subject_id
-            for op in forgets
-            if op.request.model_ids is None and op.request.subject_id is not None
-        )
-        by_model: dict[str, list[Forget]] = {}
-        outcome = Outcome(model_id="*")
-        for op in forgets:
-            req = op.request
-            if req.model_ids is not None:
-                known = [m for m in dict.fromkeys(req.model_ids) if m in registry]
-                for missing in (m for m in dict.fromkeys(req.model_ids) if m not in registry):
-                    reason = f"model {missing!r} does not exist"
-                    self._close_new(
-                        outcome, req.request_id, missing, ReceiptStatus.REJECTED, reason=reason
-                    )
-                if not known:
-                    if op.message is not None:
-                        error = f"request {req.request_id!r} names no existing model: " + ", ".join(
-                            repr(m) for m in req.model_ids
-                        )
-                        outcome.rejected.append(Rejected(op.message, "unknown_model", error))
-                    continue
-                targets = known
-            else:
-                targets = sorted(self._holders(req, registry, subject_models))
-                if not targets:
-                    for model_id in sorted(registry):
-                        version = self.store.models.current_version(model_id) or None
-                        self._close_new(
-                            outcome,
-                            req.request_id,
-                            model_id,
-                            ReceiptStatus.ALREADY_ABSENT,
-                            version=version,
-                        )
-                    continue
-            for model_id in targets:
-                by_model.setdefault(model_id, []).append(op)
-        for model_id, ops in by_model.items():  # visible as pending until applied
-            self.store.receipts.open_many(
-                model_id, {op.request.request_id: op.request.ts for op in ops}
-            )
-        return by_model, outcome
-
-    def _close_new(
-        self,
-        outcome: Outcome,
-        request_id: str,
-        model_id: str,
-        status: ReceiptStatus,
-        **fields: Any,
-    ) -> None:
-        """Close a request for a model unless it is final already (then: a replay)."""
-        existing = self.store.receipts.get_one(request_id, model_id)
-        if existing is not None and existing.status.final:
-            outcome.skipped += 1
-            return
-        if status is ReceiptStatus.REJECTED:
-            receipt = self.store.receipts.reject(request_id, model_id, str(fields["reason"]))
-        else:
-            receipt = self.store.receipts.close(request_id, model_id, status, **fields)
-        outcome.receipts.append(receipt)
-
-    def _holders(
-        self, req: DeletionRequested, registry: set[str], subject_models: dict[str, set[str]]
-    ) -> set[str]:
-        models: set[str] = set()
-        if req.subject_id is not None:
-            models |= subject_models.get(req.subject_id, set()) & registry
-        if req.record_ids:
-            client: Any = self.store.client
-            pipe = client.pipeline(transaction=False)
-            ordered = sorted(registry - models)
-            for model_id in ordered:
-                pipe.smismember(self.store.keys.records(model_id), req.record_ids)
-            for model_id, found in zip(ordered, pipe.execute(), strict=True):
-                if any(found):
-                    models.add(model_id)
-            wanted = set(req.record_ids)
-            models |= {m for m in registry - models if wanted & self._holdout_ids(m)}
-        return models
-
-    def _holdout_ids(self, model_id: str) -> frozenset[str]:
-        """Record ids in a model's holdout (cached: a holdout only ever loses rows, so a
-        stale copy is a superset, which routes a request to a model that then finds
-        nothing to erase)."""
-        ids = self._holdouts.get(model_id)
-        if ids is None:
-            holdout = load_holdout(self.store, model_id)
-            ids = frozenset(holdout.ids) if holdout is not None else frozenset()
-            self._holdouts[model_id] = ids
-        return ids
 
     # ---- applying a batch -------------------------------------------------------------
     def apply(self, model_id: str, ops: list[Op], *, _attempt: int = 0) -> Outcome:
@@ -619,8 +506,6 @@ class Applier:
         if new_holdout is not None:
             pub.replace_holdout(new_holdout.fields())
         result = pub.commit()
-        if new_holdout is not None:
-            self._holdouts[model_id] = frozenset(new_holdout.ids)
         loaded.holdout = holdout
         health = ModelHealth(
             retrain_recommended=any(r.retrain_recommended for r in reports),

@@ -5,15 +5,16 @@ Streams does with a repartition topic, the worker runs two stages:
 
 1. **intake** (any worker, partitions of ``unlearn.deletions``): decodes, dead-letters,
    writes suppressions and ``received`` receipts, resolves each request to the models it
-   concerns (:meth:`pipeline.applier.Applier.route`), and writes one :class:`ModelOps`
+   concerns (:meth:`Router.route`), and writes one :class:`ModelOps`
    per model to ``unlearn.model-ops``, keyed by model id and partitioned as
    ``unlearn.records`` is (murmur2 of the model id);
 2. **owner** (the worker assigned that partition of ``unlearn.model-ops`` and, because
    faust assigns co-partitioned topics together, the same partition of
    ``unlearn.records``): applies the model's deletions and new records, alone.
 
-This module turns routed requests into :class:`~pipeline.events.ModelOps` messages (split
-to stay under the event size limit) and back into the applier's operations.
+:class:`Router` resolves requests to models (step 1); :func:`model_ops` turns the routing
+into :class:`~pipeline.events.ModelOps` messages (split to stay under the event size
+limit) and :func:`forgets` back into the applier's operations (step 2).
 """
 
 from __future__ import annotations
@@ -21,15 +22,153 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from pipeline.applier import Forget
-from pipeline.events import ModelOps, Origin, RoutedRequest, encode_event
-from pipeline.intake import Message
+from pipeline.applier import Forget, Outcome
+from pipeline.events import (
+    DeletionRequested,
+    ModelOps,
+    Origin,
+    ReceiptStatus,
+    RoutedRequest,
+    encode_event,
+)
+from pipeline.intake import Message, Rejected
+from pipeline.store.facade import Store
+from pipeline.training import load_holdout
 
-__all__ = ["forgets", "model_ops"]
+__all__ = ["Router", "forgets", "model_ops"]
 
 _OVERHEAD = 512
 """Bytes of a ModelOps message besides its requests (ids, field names)."""
+
+
+class Router:
+    """The intake stage's logic: resolve deletion requests to the models they concern.
+
+    Stateless but for a cache of each model's holdout record ids (a holdout only ever
+    loses rows, so a stale copy is a superset: it routes a request to a model that then
+    finds nothing to erase). Any number of workers route at once.
+
+    Parameters
+    ----------
+    store : Store
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._holdouts: dict[str, frozenset[str]] = {}
+
+    def route(self, forgets: list[Forget]) -> tuple[dict[str, list[Forget]], Outcome]:
+        """Fan deletion requests out to the models they concern.
+
+        A request names its models, or concerns every model that holds the subject's or
+        the named records. A named model that does not exist gets a ``rejected`` receipt
+        (and the request a dead letter if it names no existing model); a request whose
+        data no model holds gets an ``already_absent`` receipt from every model.
+
+        Returns
+        -------
+        by_model : dict of str to list of Forget
+        outcome : Outcome
+            Receipts written and events rejected while routing.
+        """
+        # before any receipt can be final: what these requests erase stays out for good
+        self.store.suppressions.add([op.request for op in forgets])
+        registry = set(self.store.models.models())
+        subject_models = self.store.records.models_for_subjects(
+            op.request.subject_id
+            for op in forgets
+            if op.request.model_ids is None and op.request.subject_id is not None
+        )
+        by_model: dict[str, list[Forget]] = {}
+        outcome = Outcome(model_id="*")
+        for op in forgets:
+            req = op.request
+            if req.model_ids is not None:
+                known = [m for m in dict.fromkeys(req.model_ids) if m in registry]
+                for missing in (m for m in dict.fromkeys(req.model_ids) if m not in registry):
+                    reason = f"model {missing!r} does not exist"
+                    self._close_new(
+                        outcome, req.request_id, missing, ReceiptStatus.REJECTED, reason=reason
+                    )
+                if not known:
+                    if op.message is not None:
+                        error = f"request {req.request_id!r} names no existing model: " + ", ".join(
+                            repr(m) for m in req.model_ids
+                        )
+                        outcome.rejected.append(Rejected(op.message, "unknown_model", error))
+                    continue
+                targets = known
+            else:
+                targets = sorted(self._holders(req, registry, subject_models))
+                if not targets:
+                    for model_id in sorted(registry):
+                        version = self.store.models.current_version(model_id) or None
+                        self._close_new(
+                            outcome,
+                            req.request_id,
+                            model_id,
+                            ReceiptStatus.ALREADY_ABSENT,
+                            version=version,
+                        )
+                    continue
+            for model_id in targets:
+                by_model.setdefault(model_id, []).append(op)
+        for model_id, ops in by_model.items():  # visible as pending until applied
+            self.store.receipts.open_many(
+                model_id, {op.request.request_id: op.request.ts for op in ops}
+            )
+        return by_model, outcome
+
+    def _close_new(
+        self,
+        outcome: Outcome,
+        request_id: str,
+        model_id: str,
+        status: ReceiptStatus,
+        **fields: Any,
+    ) -> None:
+        """Close a request for a model unless it is final already (then: a replay)."""
+        existing = self.store.receipts.get_one(request_id, model_id)
+        if existing is not None and existing.status.final:
+            outcome.skipped += 1
+            return
+        if status is ReceiptStatus.REJECTED:
+            receipt = self.store.receipts.reject(request_id, model_id, str(fields["reason"]))
+        else:
+            receipt = self.store.receipts.close(request_id, model_id, status, **fields)
+        outcome.receipts.append(receipt)
+
+    def _holders(
+        self, req: DeletionRequested, registry: set[str], subject_models: dict[str, set[str]]
+    ) -> set[str]:
+        models: set[str] = set()
+        if req.subject_id is not None:
+            models |= subject_models.get(req.subject_id, set()) & registry
+        if req.record_ids:
+            client: Any = self.store.client
+            pipe = client.pipeline(transaction=False)
+            ordered = sorted(registry - models)
+            for model_id in ordered:
+                pipe.smismember(self.store.keys.records(model_id), req.record_ids)
+            for model_id, found in zip(ordered, pipe.execute(), strict=True):
+                if any(found):
+                    models.add(model_id)
+            wanted = set(req.record_ids)
+            models |= {m for m in registry - models if wanted & self._holdout_ids(m)}
+        return models
+
+    def _holdout_ids(self, model_id: str) -> frozenset[str]:
+        """Record ids in a model's holdout (cached: a holdout only ever loses rows, so a
+        stale copy is a superset, which routes a request to a model that then finds
+        nothing to erase)."""
+        ids = self._holdouts.get(model_id)
+        if ids is None:
+            holdout = load_holdout(self.store, model_id)
+            ids = frozenset(holdout.ids) if holdout is not None else frozenset()
+            self._holdouts[model_id] = ids
+        return ids
 
 
 def model_ops(by_model: dict[str, list[Forget]], max_bytes: int) -> list[ModelOps]:

@@ -44,7 +44,7 @@ from pipeline.metrics import Metrics, default_metrics
 from pipeline.policy import RetrainPolicy, Schedule
 from pipeline.retraining import Retraining
 from pipeline.retry import Outage, retry_transient
-from pipeline.routing import forgets, model_ops
+from pipeline.routing import Router, forgets, model_ops
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics, record_key
@@ -74,6 +74,7 @@ class Runtime:
     settings: Settings
     store: Store
     applier: Applier
+    router: Router
     topics: Topics
     record_partitions: int
     name: str
@@ -114,7 +115,7 @@ class Runtime:
 
 def _route_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
     """The intake stage: suppressions, received receipts, and per-model batches to send."""
-    by_model, routed = runtime.applier.route(ops)
+    by_model, routed = runtime.router.route(ops)
     routed.forward = model_ops(by_model, runtime.settings.max_event_bytes)
     return [routed]
 
@@ -172,6 +173,7 @@ def build_app(
         settings=settings,
         store=store,
         applier=applier,
+        router=Router(store),
         topics=topics,
         record_partitions=_partitions(kafka_bootstrap, topics.records, settings),
         name=f"{app_id}:{os.getpid()}",

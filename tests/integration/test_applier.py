@@ -15,6 +15,7 @@ from pipeline.applier import Applier, Forget, Learn
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
 from pipeline.intake import Message
 from pipeline.retraining import HandBack, Retraining, refit
+from pipeline.routing import Router
 from pipeline.store import Store
 from pipeline.training import Table, train_model
 from pipeline.unlearning.base import decode_ids
@@ -69,7 +70,7 @@ def test_deleting_a_subject_erases_it_with_one_receipt(store: Store, model: str)
     applier = Applier(store)
     subject_ids = store.records.subject_record_ids(model, "s7")
     assert subject_ids
-    by_model, routed = applier.route([forget("req-1", subject_id="s7")])
+    by_model, routed = Router(applier.store).route([forget("req-1", subject_id="s7")])
     assert list(by_model) == [model] and not routed.receipts
     out = applier.apply(model, by_model[model])
 
@@ -100,14 +101,16 @@ def test_deleting_a_subject_erases_it_with_one_receipt(store: Store, model: str)
 
 def test_unknown_subject_gets_already_absent_receipts(store: Store, model: str) -> None:
     applier = Applier(store)
-    by_model, routed = applier.route([forget("req-x", subject_id="nobody")])
+    by_model, routed = Router(applier.store).route([forget("req-x", subject_id="nobody")])
     assert by_model == {}
     [receipt] = routed.receipts
     assert receipt.status is ReceiptStatus.ALREADY_ABSENT and receipt.version == 1
-    _, again = applier.route([forget("req-x", subject_id="nobody")])
+    _, again = Router(applier.store).route([forget("req-x", subject_id="nobody")])
     assert again.receipts == []
 
-    by_model, routed = applier.route([forget("req-y", subject_id="s1", model_ids=["nope"])])
+    by_model, routed = Router(applier.store).route(
+        [forget("req-y", subject_id="s1", model_ids=["nope"])]
+    )
     assert by_model == {} and routed.receipts[0].status is ReceiptStatus.REJECTED
     assert routed.rejected == []  # no message attached: nothing to dead-letter
 
@@ -273,7 +276,7 @@ def test_a_routed_request_is_received_and_pending_before_it_is_applied(
     """A request that reaches the worker is on record at once: lost later, it stays
     visible to the overdue-deletion alert instead of vanishing."""
     applier = Applier(store)
-    by_model, _ = applier.route([forget("req-seen", subject_id="s3")])
+    by_model, _ = Router(applier.store).route([forget("req-seen", subject_id="s3")])
     assert list(by_model) == [model]
     receipt = store.receipts.get_one("req-seen", model)
     assert receipt is not None and receipt.status is ReceiptStatus.RECEIVED

@@ -20,6 +20,7 @@ from pipeline.applier import Applier, Forget, Learn
 from pipeline.embedded import EmbeddedRedisCluster
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
 from pipeline.intake import Message
+from pipeline.routing import Router
 from pipeline.sdk import DeletionClient, ModelClient
 from pipeline.store import Store
 from pipeline.store.facade import connect
@@ -82,7 +83,7 @@ def test_train_forget_learn_and_read_on_a_cluster(cstore: Store, cluster) -> Non
     train_model(cstore, "m2", table, holdout=0.0, params=PARAMS, seed=2)
     applier = Applier(cstore)
     ops = [Forget(DeletionRequested(request_id=f"q{i}", subject_id=f"c{i}")) for i in range(5)]
-    by_model, routed = applier.route(ops)
+    by_model, routed = Router(applier.store).route(ops)
     assert sorted(by_model) == ["m1", "m2"]
     outs = [applier.apply(m, model_ops) for m, model_ops in by_model.items()]
     assert all(o.published is not None for o in outs)

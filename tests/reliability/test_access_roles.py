@@ -40,6 +40,7 @@ from sklearn.datasets import load_digits
 from pipeline.applier import Applier, Forget
 from pipeline.embedded import EmbeddedRedis
 from pipeline.events import DeletionRequested
+from pipeline.routing import Router
 from pipeline.sdk import ModelClient
 from pipeline.store import AclUser, KeySpace, Store
 from pipeline.store.access import acl_file, password_hash, setup_users
@@ -198,7 +199,7 @@ def _delete(store: Store, subject: str) -> tuple[DeletionRequested, set[str], in
     held = store.records.subject_record_ids(MODEL, subject)
     assert held
     request = DeletionRequested(request_id=f"req-{uuid.uuid4().hex[:8]}", subject_id=subject)
-    by_model, _ = applier.route([Forget(request)])
+    by_model, _ = Router(applier.store).route([Forget(request)])
     out = applier.apply(MODEL, by_model[MODEL])
     assert out.published is not None
     return request, held, out.published.version
