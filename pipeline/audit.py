@@ -1154,10 +1154,11 @@ class _ErasureAudit:
                 problems.append(f"features of record {rid!r} of the erased subject are stored")
             if holdout is not None and subject_token(subject) in holdout.tokens:
                 problems.append("the subject has rows in the holdout")
+        named = ["the subject's records"] if self.subjects else []
+        named += [f"the {len(self.record_ids)} named record(s)"] if self.record_ids else []
         detail = (
-            f"the request's {len(self.record_ids)} record ids and "
-            f"{len(self.subjects)} subject(s) are absent from the records, the subject "
-            "index, the holdout and every kept checkpoint"
+            f"{' and '.join(named)} are absent from the records, the subject index, the "
+            "holdout and every kept checkpoint"
         )
         if relearned:
             detail += f"; {len(relearned)} held again were produced after the request (new data)"
@@ -1167,8 +1168,8 @@ class _ErasureAudit:
             )
             if self.topics is None:
                 detail += (
-                    "; if the subject gave new data after the request, give the broker "
-                    "(--bootstrap) so that the audit can date it"
+                    "; if this is new data given after the request, audit with the broker "
+                    "(bootstrap=..., or `unlearn audit` without --no-broker) to date it"
                 )
         self.add(model_id, "absent", not problems if checked else None, detail)
 
@@ -1233,9 +1234,13 @@ class _ErasureAudit:
             if rid in pending:
                 waiting += 1
             open_keys.append(rid)
+        on_topic = [k for k in keys if k in self.topics.records]
         detail = (
-            f"the last message of each of the request's {len(keys)} record keys on the records "
-            "topic is a tombstone (or the record never was on it)"
+            f"the last message of each of the request's {len(on_topic)} record keys on the "
+            "records topic is a tombstone (or new data)"
+            if on_topic
+            else "none of the request's records is on the records topic (records loaded by "
+            "`unlearn train` never are): nothing left to tombstone"
         )
         if open_keys:
             detail = (

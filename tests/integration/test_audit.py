@@ -25,6 +25,7 @@ from pipeline.errors import UnknownModel
 from pipeline.events import DeletionRequested, RecordAdded, encode_event
 from pipeline.intake import Message
 from pipeline.metrics import Metrics
+from pipeline.routing import Router
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.store.codec import encode_array
@@ -55,7 +56,7 @@ def model(store: Store, digits_table: Table) -> str:
 def erase(store: Store, model_id: str, request: DeletionRequested):
     """Route and apply one request as the worker does (suppression, receipts, erasure)."""
     applier = Applier(store)
-    by_model, _ = applier.route([Forget(request)])
+    by_model, _ = Router(applier.store).route([Forget(request)])
     return applier.apply(model_id, by_model[model_id])
 
 
@@ -335,6 +336,6 @@ def test_the_audit_reads_the_request_and_the_tombstones_from_the_broker(
         # without the broker the audit cannot date it: it fails, and says why
         blind = audit(store, model, "req-eve", request=request)
         assert checks(blind, "erasure")["absent"] is False
-        assert "give the broker" in blind.part("erasure").failures[0].detail
+        assert "audit with the broker" in blind.part("erasure").failures[0].detail
     finally:
         producer.close()

@@ -12,8 +12,9 @@ batch or in several, because a Newton step on the remaining data lands on the re
 weight once the feature is zero on every remaining record. Not everywhere: the default's
 adaptive certificate takes influence steps between its measurements, and with a budget ten
 times larger (sigma = 10, Guo et al.'s) on MNIST 3 vs 8 and Adult in batches of 10 it
-measures rarely and leaves up to about 1.4%, within its certificate (``make bench``,
-BENCHMARKS.md); measured every batch (``certificate="exact"``) it leaves 1e-13.
+measures rarely and leaves up to about 1.4%, within its certificate (a smoke run of the
+bench's ``forgetting`` on subsets; ``make bench`` writes the full-size figures); measured
+every batch (``certificate="exact"``) it leaves 1e-13.
 """
 
 from __future__ import annotations
