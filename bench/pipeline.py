@@ -22,6 +22,8 @@ deletions so the worker has loaded it (a cold load reads every record from Redis
   latency is from its timestamp (set when it is sent) to the commit of the version it
   took effect in (the receipt's ``completed_at``, written in the same Redis transaction
   that moves ``current``).
+* **watch**: during the latency phases, a ``ModelClient.watch`` consumer in a thread: the
+  delay from each version's creation to the consumer holding its predictor.
 * **baseline**: scikit-learn's ``LogisticRegression`` refitted on the remaining rows,
   which retraining after each batch would cost; its event rate is the mean batch size the
   worker took divided by that time.
@@ -39,6 +41,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +60,7 @@ from bench.rates import format_rate, per_second
 from pipeline.config import Settings, resolve_services
 from pipeline.datasets import load
 from pipeline.events import DeletionRequested, encode_event
+from pipeline.sdk import ModelClient
 from pipeline.store import Store
 from pipeline.topics import Topics, ensure_topics
 from pipeline.training import Table, train_model
@@ -229,6 +233,43 @@ def ceiling_figures(found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Watcher(threading.Thread):
+    """A serving team's consumer: ``ModelClient.watch`` in a thread, as the README shows.
+
+    For each version it is handed, the delay from the version's ``created_at`` (set by
+    the publication just before its transaction) to the moment the watcher holds the
+    predictor, coefficients loaded.
+    """
+
+    def __init__(self, redis_url: str, namespace: str, model: str) -> None:
+        super().__init__(daemon=True)
+        self.redis_url, self.namespace, self.model = redis_url, namespace, model
+        self.delays: list[float] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with ModelClient(self.redis_url, self.namespace) as models:
+                for clf in models.watch(self.model, stop=self.stop_event, max_block=0.5):
+                    held = datetime.now(UTC)
+                    self.delays.append((held - clf.metadata.created_at).total_seconds())
+        except BaseException as exc:  # noqa: BLE001 - reported in the figures
+            self.error = exc
+
+    def figures(self) -> dict[str, Any]:
+        self.stop_event.set()
+        self.join(10)
+        if self.error is not None or not self.delays:
+            return {"watch_versions": len(self.delays), "watch_error": repr(self.error)}
+        q = np.percentile(np.array(self.delays), [50, 99])
+        return {
+            "watch_versions": len(self.delays),
+            "watch_p50_s": float(q[0]),
+            "watch_p99_s": float(q[1]),
+        }
+
+
 def _latency(
     store: Store,
     producer: KafkaProducer,
@@ -237,9 +278,12 @@ def _latency(
     rate: float,
     seconds: float,
     model: str,
+    redis_url: str,
 ) -> dict[str, Any]:
     n = int(rate * seconds)
     seq0 = store.models.applied_seq(model) or 0
+    watcher = _Watcher(redis_url, store.keys.namespace, model)
+    watcher.start()
     sent: dict[str, datetime] = {}
     start = time.perf_counter()
     for i, rid in enumerate(ids[:n]):
@@ -272,6 +316,7 @@ def _latency(
         "p95_s": float(q[1]),
         "p99_s": float(q[2]),
         "max_s": float(lat.max()),
+        **watcher.figures(),
     }
 
 
@@ -326,12 +371,26 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                     else:
                         say(f"pipeline: latency at 1,000 events/s for {latency_seconds:g} s")
                         results[phase] = _latency(
-                            store, producer, topics, ids[WARMUP:], 1000.0, latency_seconds, phase
+                            store,
+                            producer,
+                            topics,
+                            ids[WARMUP:],
+                            1000.0,
+                            latency_seconds,
+                            phase,
+                            found.redis_url,
                         )
                         say(f"pipeline: latency at {LOW_RATE:g} events/s for {latency_seconds:g} s")
                         used = WARMUP + int(1000.0 * latency_seconds)
                         results["latency_low_rate"] = _latency(
-                            store, producer, topics, ids[used:], LOW_RATE, latency_seconds, phase
+                            store,
+                            producer,
+                            topics,
+                            ids[used:],
+                            LOW_RATE,
+                            latency_seconds,
+                            phase,
+                            found.redis_url,
                         )
                 results[phase]["worker_settings"] = worker_settings
                 if phase == "throughput":

@@ -190,6 +190,12 @@ def _forgetting(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _watch(lat: dict[str, Any]) -> str:
+    if "watch_p50_s" not in lat:
+        return f"not measured ({lat.get('watch_error', 'no version seen')})"
+    return f"{lat['watch_p50_s']:.3f} / {lat['watch_p99_s']:.3f}"
+
+
 def _pipeline(p: dict[str, Any]) -> list[str]:
     t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
     drain, ceiling = p["drain"], p["faust_ceiling"]
@@ -229,6 +235,9 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         "p99 < 0.25 | |",
         f"| latency p50 / p95 / p99 / max (s) at {format_rate(low['achieved_rate'])} events/s | "
         f"{low['p50_s']:.3f} / {low['p95_s']:.3f} / {low['p99_s']:.3f} / {low['max_s']:.3f} | | |",
+        f"| publication to a watching consumer holding the predictor, p50 / p99 (s), at "
+        f"{format_rate(lat['achieved_rate'])} events/s ({lat.get('watch_versions', 0)} versions) | "
+        f"{_watch(lat)} | | |",
         "",
     ]
 

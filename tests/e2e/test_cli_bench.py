@@ -61,6 +61,9 @@ def test_bench_pipeline_json_applies_every_event_and_reports_rates():
     assert results["dataset"]["n"] == 5_000
     assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["p99_s"] <= lat["max_s"]
     assert lat["target_rate"] == 1000.0
+    # a watching consumer was handed the versions the latency run published
+    assert lat["watch_versions"] >= 1, lat
+    assert 0 <= lat["watch_p50_s"] <= lat["watch_p99_s"]
     assert results["baseline"]["sklearn_refit_s"] > 0
     # rates are numbers, or None when a fast machine left no window to measure them over
     for figures in (tput, results["drain"], results["faust_ceiling"]):
