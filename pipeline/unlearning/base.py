@@ -172,6 +172,40 @@ class BaseUnlearner(ABC):
             raise NotFitted(type(self).__name__)
         return self._records
 
+    def _report(
+        self,
+        method: str,
+        *,
+        n_removed: int = 0,
+        n_added: int = 0,
+        growth: float = 0.0,
+        absent: tuple[Hashable, ...] = (),
+        recomputed: bool = False,
+    ) -> UpdateReport:
+        """The report of an update that left the model as it is now.
+
+        ``growth`` is how much this update grew the certificate: retraining is recommended
+        when the model is over budget or the next update like this one would be.
+        """
+        cert = self.certificate_
+        on = self.budget_ > 0
+        n_records = self._fitted_records().n_records
+        return UpdateReport(
+            method=method,
+            n_removed=n_removed,
+            n_added=n_added,
+            certificate=cert,
+            budget=self.budget_,
+            retrain_recommended=bool(on and cert + max(float(growth), 0.0) > self.budget_),
+            seconds=0.0,
+            certified=bool(n_records == 0 or (on and cert <= self.budget_)),
+            certificate_kind=self.certificate_kind,
+            already_absent=absent,
+            curvature_recomputed=recomputed,
+            worst_case=self.worst_case_,
+            n_records=n_records,
+        )
+
     @staticmethod
     def _timed(report: UpdateReport, start: float) -> UpdateReport:
         from dataclasses import replace
@@ -290,6 +324,22 @@ class BaseUnlearner(ABC):
     classes_: NDArray[Any]
     n_features_in_: int
     fit_seconds_: float
+    budget_: float
+
+    @property
+    @abstractmethod
+    def certificate_(self) -> float:
+        """The released model's gradient residual norm, or its upper bound."""
+
+    @property
+    @abstractmethod
+    def certificate_kind(self) -> str:
+        """How ``certificate_`` is known (``UpdateReport.certificate_kind``)."""
+
+    @property
+    def worst_case_(self) -> float:
+        """Guo et al.'s data-independent bound accumulated since the last fit (0: none)."""
+        return 0.0
 
     @abstractmethod
     def _encode_fit_targets(self, y: NDArray[Any]) -> NDArray[Any]: ...

@@ -63,6 +63,7 @@ __all__ = [
     "spectral_upper_bound",
     "weight_error",
     "worst_case_bound",
+    "worst_case_sum",
 ]
 
 #: Guo et al.'s Lipschitz constant for the logistic loss's second derivative.
@@ -90,6 +91,15 @@ def worst_case_bound(C: float, lam: float, n: int) -> float:
     if n <= 1:
         return math.inf
     return 4.0 * GUO_GAMMA * C**2 / (lam**2 * (n - 1))
+
+
+def worst_case_sum(C: float, lam: float, first: int, last: int) -> float:
+    """:func:`worst_case_bound` summed over single removals from ``last`` down to ``first``
+    records (``first..last``, each from ``n`` records); infinite once ``first <= 1``."""
+    if first <= 1:
+        return math.inf
+    sizes = np.arange(first, last + 1, dtype=np.float64)
+    return float(worst_case_bound(C, lam, 2) * (1.0 / (sizes - 1.0)).sum())
 
 
 def bound_increment(

@@ -108,6 +108,10 @@ class RidgeUnlearner(BaseUnlearner):
     def certificate_(self) -> float:
         return self._certificate
 
+    @property
+    def certificate_kind(self) -> str:
+        return "exact"
+
     def predict(self, X: ArrayLike) -> Array:
         """Predicted targets, shape (n_samples,)."""
         self._fitted_records()
@@ -193,20 +197,20 @@ class RidgeUnlearner(BaseUnlearner):
             rec.erase(rows)
             rec.compact()
             self._clear()
-            return self._report(method=EMPTIED, n_removed=int(rows.size), absent=absent)
+            return self._report(EMPTIED, n_removed=int(rows.size), absent=absent)
         if rows.size:
             self._update(rec.X[rows], rec.targets[rows], -1.0)
             rec.erase(rows)
             rec.compact()
-        return self._report(n_removed=int(rows.size), absent=absent)
+        return self._report("exact", n_removed=int(rows.size), absent=absent)
 
     def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
         rec = self._fitted_records()
         if rows.size and rows.size == rec.n_records:  # an empty model learns as it fits
             self._rebuild(rec.X[rows], rec.targets[rows])
-            return self._report(method="fit", n_added=int(rows.size))
+            return self._report("fit", n_added=int(rows.size))
         self._update(rec.X[rows], rec.targets[rows], 1.0)
-        return self._report(n_added=int(rows.size))
+        return self._report("exact", n_added=int(rows.size))
 
     def _refit(self, progress: Progress | None, warm_start: bool = True) -> UpdateReport:
         # the solution is exact: warm or cold, the refit solves the normal equations again
@@ -218,31 +222,7 @@ class RidgeUnlearner(BaseUnlearner):
             self._clear()
         if progress is not None:
             progress(1.0, "done")
-        return self._report(method="retrain")
-
-    def _report(
-        self,
-        *,
-        method: str = "exact",
-        n_removed: int = 0,
-        n_added: int = 0,
-        absent: tuple[Hashable, ...] = (),
-    ) -> UpdateReport:
-        on = self.budget_ > 0
-        n_records = self._fitted_records().n_records
-        return UpdateReport(
-            method=method,
-            n_removed=n_removed,
-            n_added=n_added,
-            certificate=self._certificate,
-            budget=self.budget_,
-            retrain_recommended=bool(on and self._certificate > self.budget_),
-            seconds=0.0,
-            certified=bool(n_records == 0 or (on and self._certificate <= self.budget_)),
-            certificate_kind="exact",
-            already_absent=absent,
-            n_records=n_records,
-        )
+        return self._report("retrain")
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self, include_records: bool = False) -> dict[str, Any]:

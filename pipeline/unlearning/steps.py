@@ -1,0 +1,133 @@
+r"""The step a batch takes: influence or Fisher, solved on the cached curvature.
+
+Removing a batch R of m records (:math:`D' = D \setminus R`) from a model w with the removed
+records' gradient :math:`\Delta = \sum_{i \in R} \nabla \ell_i(w) + \lambda m w` (the
+regulariser is :math:`\lambda n`, so it loses :math:`\lambda m`):
+
+``influence``  :math:`w \leftarrow w + \tilde H_{D'}^{-1} \Delta` (Guo et al., ICML 2020, eq. 3).
+               It assumes w optimal for D, so the previous residual is carried over.
+
+``fisher``     :math:`w \leftarrow w - \tilde H_{D'}^{-1} \nabla L_b(w; D')`, a corrective
+               Newton step on the remaining data's full gradient, which also removes the
+               residual left by earlier updates (Mahadevan & Mathioudakis, 2021, "Certifiable
+               Machine Unlearning for Linear Models"). The default. It needs that gradient,
+               :math:`\nabla L_b(w; D') = r - \Delta` with r the residual at w: when the
+               certificate does not know r (``"adaptive"`` between measurements) the step is
+               an influence step, and a Fisher correction follows the next measurement
+               (:func:`correct`).
+
+Learning a batch A is the same step with the sign of :math:`\Delta` reversed. The curvature
+:math:`\tilde H` is the cached one (:class:`~pipeline.unlearning.curvature.CurvatureCache`,
+already updated by the batch's rows), solved to a relative accuracy ``step_rtol``: a batch
+costs ``O(m d^2)`` per problem for the curvature and a few ``O(d^2)`` solver iterations,
+whatever n is. The certificate (:mod:`pipeline.unlearning.certificates`) is told of the step
+and certifies it; the report names the step actually taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.unlearning.certificates import Host
+
+__all__ = ["Step", "correct", "take_step"]
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a step did.
+
+    Attributes
+    ----------
+    method : str
+        ``"fisher"`` when the released model comes from a Newton step on the remaining
+        data's gradient (the step itself, or a correction after a measurement),
+        ``"influence"`` otherwise.
+    recomputed : bool
+        The cached curvature was rebuilt from all records during the step.
+    growth : float
+        How much the step grew the certificate (negative when a measurement lowered it).
+    """
+
+    method: str
+    recomputed: bool
+    growth: float
+
+
+def take_step(host: Host, delta: Array, method: str, batch: Array, sign: float) -> Step:
+    r"""Apply one influence or Fisher step to ``host`` and have its certificate certify it.
+
+    Parameters
+    ----------
+    host : Host
+        The model; its curvature already holds the batch's change.
+    delta : ndarray of shape (K, d)
+        The change of the gradient at the current model caused by the batch, with the sign
+        that makes :math:`\nabla L_b(w; D_{new}) = r_{old} - \delta`.
+    method : {"fisher", "influence"}
+        The step asked for.
+    batch : ndarray of shape (m, d)
+        The batch's rows, leaving (``sign=-1``) or entering (``+1``) the records.
+    sign : float
+
+    Returns
+    -------
+    Step
+    """
+    cert = host._certificate
+    recomputed = cert.before_step(host)
+    rhs = cert.fisher_rhs(host, delta) if method == "fisher" else None
+    newton = rhs is not None
+    if rhs is not None:
+        solution, solve_residual = host._curv.solve_checked(rhs, host.step_rtol)
+        step = -solution
+    else:
+        rhs = delta
+        step, solve_residual = host._curv.solve_checked(delta, host.step_rtol)
+    before = cert.total
+    W_old = host._W
+    host._W = W_old + step
+    certified = cert.after_step(host, W_old, step, solve_residual, rhs, newton, batch, sign)
+    recomputed = certified or recomputed
+    corrected = 0
+    if method == "fisher" and cert.residual_known:
+        corrected, again = correct(host, force=recomputed and cert.corrects_after_recompute)
+        recomputed = again or recomputed
+    taken = "fisher" if newton or corrected else "influence"
+    return Step(taken, recomputed, cert.total - before)
+
+
+def correct(host: Host, *, force: bool) -> tuple[int, bool]:
+    r"""Fisher corrections :math:`w \leftarrow w - \tilde H^{-1} r` on the measured residual r.
+
+    Taken while the certificate is over ``measure_above`` of the budget (at most
+    ``max_corrections``), or once after a measurement recomputed the curvature (``force``).
+    Each costs one solve and one measurement (a pass over the records). Ordinary batches
+    need none or one; a batch of records far from the data (say 20 uniform-noise images
+    learned by a digits model) needs up to about 8 before Newton's quadratic phase.
+
+    Returns
+    -------
+    steps : int
+        Corrections taken.
+    recomputed : bool
+        Whether a measurement had to recompute the curvature.
+    """
+    cert = host._certificate
+    recomputed = False
+    steps = 0
+    for i in range(host.max_corrections):
+        over = host.budget_ > 0 and cert.total > host.measure_above * host.budget_
+        if not (over or (force and i == 0)):
+            break
+        old = cert.residual
+        step = -host._curv.solve(old)
+        host._W = host._W + step
+        steps += 1
+        recomputed = cert.measure(host, np.zeros_like(step), old) or recomputed
+    return steps, recomputed
