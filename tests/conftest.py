@@ -176,7 +176,13 @@ class Pipeline:
 
 @pytest.fixture(scope="session")
 def pipeline_factory(services: EmbeddedServices, tmp_path_factory: pytest.TempPathFactory):
-    """``with pipeline_factory(name, retrainer=True, **settings) as p:`` starts a pipeline."""
+    """``with pipeline_factory(name, retrainer=True, **settings) as p:`` starts a pipeline.
+
+    On leaving the block the pipeline's processes get SIGTERM and the tests go on: a faust
+    worker takes over a second to shut down, and the session waits for all of them at its
+    end (then SIGKILL after 15 s; every process must be gone, and ``exit_codes`` is set).
+    """
+    stopping: list[Pipeline] = []
 
     @contextmanager
     def start(name: str, *, retrainer: bool = False, **settings: Any) -> Iterator[Pipeline]:
@@ -203,13 +209,17 @@ def pipeline_factory(services: EmbeddedServices, tmp_path_factory: pytest.TempPa
             pipe.wait_for(lambda: worker_ready(store), 90, "the worker to join its group")
             yield pipe
         finally:
-            codes = {n: stop(p) for n, p in pipe.procs.items()}
+            for proc in pipe.procs.values():
+                if proc.poll() is None:
+                    proc.terminate()
             store.close()
-            leftover = [p.pid for p in pipe.procs.values() if _alive(p.pid)]
-            assert not leftover, f"processes left running: {leftover}"
-            pipe.exit_codes = codes
+            stopping.append(pipe)
 
-    return start
+    yield start
+    for pipe in stopping:
+        pipe.exit_codes = {n: stop(p) for n, p in pipe.procs.items()}
+    leftover = [p.pid for pipe in stopping for p in pipe.procs.values() if _alive(p.pid)]
+    assert not leftover, f"processes left running: {leftover}"
 
 
 def worker_ready(store: Store) -> dict[str, Any] | None:
