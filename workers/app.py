@@ -113,11 +113,20 @@ class Runtime:
         self.store.client.set(self.store.keys.worker(self.name), json.dumps(self.status()), ex=30)
 
 
-def _route_deletions(runtime: Runtime, ops: list[Forget]) -> list[Outcome]:
-    """The intake stage: suppressions, received receipts, and per-model batches to send."""
+def _route_deletions(
+    runtime: Runtime, ops: list[Forget], owns: Callable[[str], bool]
+) -> list[Outcome]:
+    """The intake stage: suppressions, received receipts, and per-model batches.
+
+    A model whose partition this worker owns is applied here at once (with one worker,
+    every model): the hop through ``unlearn.model-ops`` would only add latency, and the
+    owner is still the only writer. The others' batches are sent to their owners.
+    """
     by_model, routed = runtime.router.route(ops)
-    routed.forward = model_ops(by_model, runtime.settings.max_event_bytes)
-    return [routed]
+    local = {m: batch for m, batch in by_model.items() if owns(m)}
+    remote = {m: batch for m, batch in by_model.items() if m not in local}
+    routed.forward = model_ops(remote, runtime.settings.max_event_bytes)
+    return [routed] + [runtime.applier.apply(m, batch) for m, batch in local.items()]
 
 
 def _apply_routed(runtime: Runtime, ops: list[tuple[str, Forget]]) -> list[Outcome]:
@@ -364,10 +373,18 @@ def build_app(
                 outcomes = await guarded(
                     "deletion",
                     ops,
-                    lambda part: runtime.run(_route_deletions, runtime, list(part)),
+                    lambda part: runtime.run(_route_deletions, runtime, list(part), owns),
                     lambda op: op.message,
                 )
-            await publish(outcomes, bad, "intake")
+            sent = {ev.request_id: ev.ts for ev, _ in good}
+            await publish(
+                outcomes,
+                bad,
+                "deletions",
+                lambda o, sent=sent: [
+                    sent[r.request_id] for r in o.receipts if r.request_id in sent
+                ],
+            )
 
     @app.agent(model_ops_t)
     async def owner(stream: faust.StreamT) -> None:

@@ -106,7 +106,8 @@ def test_unknown_subject_gets_already_absent_receipts(store: Store, model: str) 
     [receipt] = routed.receipts
     assert receipt.status is ReceiptStatus.ALREADY_ABSENT and receipt.version == 1
     _, again = Router(applier.store).route([forget("req-x", subject_id="nobody")])
-    assert again.receipts == []
+    # a replay writes nothing new and announces the same receipt again (at least once)
+    assert [r.event_id for r in again.receipts] == [receipt.event_id] and again.skipped == 1
 
     by_model, routed = Router(applier.store).route(
         [forget("req-y", subject_id="s1", model_ids=["nope"])]
@@ -284,3 +285,25 @@ def test_a_routed_request_is_received_and_pending_before_it_is_applied(
     out = applier.apply(model, by_model[model])  # then applied: final, no longer pending
     assert [r.status for r in out.receipts] == [ReceiptStatus.APPLIED]
     assert store.receipts.pending(model) == []
+
+
+def test_a_replayed_request_keeps_the_receipts_it_had(store: Store, model: str) -> None:
+    """Replayed after its data was erased, a request is not newly `already_absent` in
+    every other model: it keeps exactly one receipt per model it concerned."""
+    train_model(
+        store,
+        "other",
+        Table(
+            X=np.eye(3), y=np.array([0, 1, 0]), subjects=["o1", "o2", "o3"], ids=["x1", "x2", "x3"]
+        ),
+        params={"lam": 1e-2, "sigma": 0.0},
+        holdout=0.0,
+    )
+    router, applier = Router(store), Applier(store)
+    by_model, _ = router.route([forget("req-once", subject_id="s5")])
+    assert list(by_model) == [model]
+    applier.apply(model, by_model[model])
+    by_model, again = router.route([forget("req-once", subject_id="s5")])  # the replay
+    assert by_model == {} and again.skipped == 1
+    assert [r.model_id for r in again.receipts] == [model]  # announced again, not widened
+    assert [r.model_id for r in store.receipts.get("req-once")] == [model]
