@@ -6,13 +6,17 @@ the same owner on ``unlearn.records`` (co-partitioned). While both flow, one wor
 SIGKILLed and a fourth joins. Proved: every request gets exactly one final receipt per
 model, nothing is dead-lettered, each model holds exactly the records it should, and no
 worker ever finds a model moved under it by another writer (the version check's
-conflict reload never happens: one writer per model).
+conflict reload never happens: one writer per model). Then, with the group settled, an
+operator's retrain of one model runs while its deletions keep flowing: the refit is
+merged by the model's owner, never discarded.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -61,6 +65,15 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def cli(self, *args: str) -> Any:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("unlearn")), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def assigned(self) -> dict[int, int]:
         """Partitions assigned per live worker pid, from their status keys."""
         out = {}
@@ -89,6 +102,8 @@ def cluster(services, tmp_path_factory) -> Iterator[Cluster]:
         broker_timeouts="fast",
         max_wait=0.2,
         max_batch=200,
+        retrain_hold_seconds=1.5,  # the refit waits, so deletions land while it is in flight
+        retrain_min_interval=0,
     )
     store = Store.from_url(services.redis_url, tag)
     found = Cluster(services.kafka_bootstrap, prefix, env, store, tmp_path_factory.mktemp("scale"))
@@ -233,3 +248,49 @@ def test_three_workers_one_killed_one_joining_keep_one_owner_per_model(cluster: 
     logs = cluster.logs_text()
     assert "moved under this worker" not in logs  # no conflict reload: one writer per model
     assert "Traceback" not in logs
+
+
+def test_a_retrain_in_flight_is_merged_by_the_owner(cluster: Cluster) -> None:
+    model = _models()[0]  # trained and served by the test above
+    live = [p for p in cluster.procs if p.poll() is None]
+    assert len(live) == 3
+    retrainer = spawn(["retrainer", "-v"], cluster.env, cluster.logs / "retrainer.log")
+    cluster.procs.append(retrainer)
+    try:
+        done = cluster.cli("retrain", model)
+        assert done.returncode == 0, done.stderr
+        table = _table(model)
+        producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
+        requests = []
+        for i in range(200, 240):  # deletions while the refit is held and handed back
+            req = DeletionRequested(request_id=f"late-{i}", subject_id=table.subjects[i])
+            producer.send(
+                cluster.topics.deletions, key=req.subject_id.encode(), value=encode_event(req)
+            )
+            requests.append(req.request_id)
+            time.sleep(0.05)
+        producer.flush()
+        producer.close()
+        merged = poll(
+            lambda: next(
+                (m for m in cluster.store.models.history(model) if m.method == "retrain"), None
+            ),
+            120,
+            "the refit merged",
+        )
+        poll(
+            lambda: all(
+                r is not None and r.status.final
+                for r in cluster.store.receipts.get_many(requests, model)
+            ),
+            60,
+            "the late deletions applied",
+        )
+        gone = {table.ids[i] for i in range(200, 240)}
+        assert not gone & cluster.store.records.ids(model)
+        assert merged.certificate is not None and merged.certificate <= merged.budget
+        logs = cluster.logs_text()
+        assert "discarding it" not in logs  # merged by the owner, never thrown away
+        assert "moved under this worker" not in logs
+    finally:
+        stop(retrainer)
