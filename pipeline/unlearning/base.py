@@ -12,7 +12,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from pipeline.errors import InvalidInput, NotFitted, UnknownClass, UnknownRecord
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.report import UpdateReport
+from pipeline.unlearning.state import Part, Saved, Transient, dump_fields, load_fields
 
 __all__ = ["BaseUnlearner", "Progress", "check_features"]
 
@@ -67,7 +68,7 @@ def encode_ids(ids: Sequence[Hashable]) -> str:
 
 
 def decode_ids(text: str) -> list[Hashable]:
-    """Inverse of :func:`encode_ids` (also reads the JSON of older checkpoints)."""
+    """Inverse of :func:`encode_ids` (either form)."""
     if text.startswith(_LINES):
         body = text[len(_LINES) :]
         return list[Hashable](body.split("\n")) if body else []
@@ -78,7 +79,7 @@ class BaseUnlearner(ABC):
     """Record-keeping and the public verbs; the maths is the subclass's."""
 
     fit_intercept: bool
-    _records: RecordTable | None = None
+    _records: Annotated[RecordTable | None, Part()] = None  # saved by _records_state
 
     # -- the verb family ------------------------------------------------------------------
     def fit(self, X: ArrayLike, y: ArrayLike, ids: Sequence[Hashable] | None = None) -> Any:
@@ -257,32 +258,89 @@ class BaseUnlearner(ABC):
         an unfitted model configured as this one."""
         return {name: getattr(self, name) for name in self.param_names()}
 
-    @classmethod
-    def _from_params(cls, state: Mapping[str, Any]) -> Any:
-        """An unfitted model with the parameters saved in ``state``.
+    def state_dict(self, include_records: bool = False) -> dict[str, Any]:
+        """Everything needed to resume, as arrays and JSON scalars (never pickle).
 
-        A parameter absent from ``state`` takes the constructor's default: checkpoints
-        written before every parameter was saved lack ``measure_above`` (and a parameter
-        added later is absent from earlier checkpoints).
+        Every constructor parameter (:meth:`get_params`), the model's ``kind``, the record
+        table (ids, forgotten ids, counters; features and labels only with
+        ``include_records``: the pipeline keeps them in its record store and hands them back
+        to :meth:`from_state_dict`), every attribute declared
+        :class:`~pipeline.unlearning.state.Saved`, and the fields of every part (the
+        logistic model's certificate).
         """
-        return cls(**{name: state[name] for name in cls.param_names() if name in state})
+        state: dict[str, Any] = {**self.get_params(), "kind": self.kind}
+        state |= self._records_state(include_records)
+        state |= dump_fields(self)
+        state |= self._parts_state()
+        return state
 
-    def _records_state(self, include_records: bool) -> tuple[dict[str, Any], NDArray[np.intp]]:
-        """The record table's part of a checkpoint, and the rows of the held records."""
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Any],
+        X: ArrayLike | None = None,
+        y: ArrayLike | None = None,
+        ids: Sequence[Hashable] | None = None,
+    ) -> Self:
+        """Rebuild a model saved by :meth:`state_dict`.
+
+        Give the held records as ``X, y, ids`` (any order) unless the state includes them.
+
+        Raises
+        ------
+        InvalidInput
+            The checkpoint is of another kind, lacks a parameter or a saved field (named),
+            or the records given do not match its ids.
+        """
+        if state.get("kind") != cls.kind:
+            msg = (
+                f"not a {cls.kind} checkpoint (kind={state.get('kind')!r}): resume it with the "
+                "engine class of its kind"
+            )
+            raise InvalidInput(msg)
+        model = cls._from_params(state)
+        load_fields(model, state, what=f"{cls.kind!r}")
+        model._restore_records(state, X, y, ids)
+        model._restore_parts(state)
+        return model
+
+    @classmethod
+    def _from_params(cls, state: Mapping[str, Any]) -> Self:
+        """An unfitted model with the parameters saved in ``state``; raises
+        :class:`InvalidInput` naming any parameter the checkpoint lacks."""
+        missing = [name for name in cls.param_names() if name not in state]
+        if missing:
+            msg = (
+                f"{cls.kind!r} checkpoint lacks the parameter(s) {missing}: it was not written "
+                "by this version of the engine; fit the model again from its records"
+            )
+            raise InvalidInput(msg)
+        return cls(**{name: state[name] for name in cls.param_names()})
+
+    def _parts_state(self) -> dict[str, Any]:
+        """The fields of the model's parts (declared :class:`Part`), for :meth:`state_dict`."""
+        return {}
+
+    def _restore_parts(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Rebuild the parts from a checkpoint, once parameters, fields and records are."""
+
+    #: The checkpoint keys of the record table (:meth:`_records_state`).
+    RECORD_KEYS = ("record_ids_json", "forgotten_ids_json", "n_appended", "max_norm")
+
+    def _records_state(self, include_records: bool) -> dict[str, Any]:
+        """The record table's part of a checkpoint."""
         rec = self._fitted_records()
-        keep = np.flatnonzero(rec.weights > 0)
-        state: dict[str, Any] = self.get_params()
-        state |= {
-            "n_features_in": self.n_features_in_,
+        state: dict[str, Any] = {
             "record_ids_json": encode_ids(rec.ids()),
             "forgotten_ids_json": encode_ids(list(rec.forgotten)),
             "n_appended": rec.n_appended,
             "max_norm": rec.max_norm,
         }
         if include_records:
+            keep = np.flatnonzero(rec.weights > 0)
             state["X"] = rec.X[keep, : self.n_features_in_].copy()
             state["targets"] = rec.targets[keep].copy()
-        return state, keep
+        return state
 
     def _restore_records(
         self,
@@ -290,11 +348,23 @@ class BaseUnlearner(ABC):
         X: ArrayLike | None,
         y: ArrayLike | None,
         ids: Sequence[Hashable] | None,
-    ) -> int:
+    ) -> None:
         """Rebuild the record table from a checkpoint (and the records, if given apart)."""
-        self.n_features_in_ = int(state["n_features_in"])
+        missing = [key for key in self.RECORD_KEYS if key not in state]
+        if missing:
+            msg = (
+                f"{self.kind!r} checkpoint has no {missing[0]!r}: it was not written by this "
+                "version of the engine; fit the model again from its records"
+            )
+            raise InvalidInput(msg)
         saved = decode_ids(state["record_ids_json"])
         if X is None:
+            if "X" not in state or "targets" not in state:
+                msg = (
+                    "the checkpoint holds no records (state_dict(include_records=False)): give "
+                    "X, y and ids to from_state_dict"
+                )
+                raise InvalidInput(msg)
             Xs = check_features(state["X"], self.n_features_in_)
             targets = np.asarray(state["targets"])
         else:
@@ -302,11 +372,11 @@ class BaseUnlearner(ABC):
                 msg = "give X, y and ids together to resume from a checkpoint without records"
                 raise InvalidInput(msg)
             pos = {record_id: i for i, record_id in enumerate(ids)}
-            missing = [i for i in saved if i not in pos]
-            if missing or len(pos) != len(saved):
+            absent = [i for i in saved if i not in pos]
+            if absent or len(pos) != len(saved):
                 msg = (
-                    f"the records given do not match the checkpoint: {len(missing)} of its "
-                    f"{len(saved)} ids missing (first: {missing[:1]!r}), {len(pos)} given"
+                    f"the records given do not match the checkpoint: {len(absent)} of its "
+                    f"{len(saved)} ids missing (first: {absent[:1]!r}), {len(pos)} given"
                 )
                 raise InvalidInput(msg)
             order = np.fromiter((pos[i] for i in saved), dtype=np.intp, count=len(saved))
@@ -318,13 +388,14 @@ class BaseUnlearner(ABC):
         rec.n_appended = int(state["n_appended"])
         rec.max_norm = float(state["max_norm"])
         self._records = rec
-        return len(saved)
 
     # -- what subclasses provide ----------------------------------------------------------
+    #: The model kind a checkpoint names (``state["kind"]``).
+    kind: ClassVar[str]
     classes_: NDArray[Any]
-    n_features_in_: int
-    fit_seconds_: float
-    budget_: float
+    n_features_in_: Annotated[int, Saved()]
+    fit_seconds_: Annotated[float, Transient("how long fit took, in the process that ran it")]
+    budget_: Annotated[float, Transient("from sigma, epsilon and delta, by the constructor")]
 
     @property
     @abstractmethod

@@ -30,8 +30,8 @@ reported as ``curvature_recomputed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -54,6 +54,7 @@ from pipeline.unlearning.loss import (
 from pipeline.unlearning.newton import NewtonSolver
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
+from pipeline.unlearning.state import Part, Saved
 from pipeline.unlearning.steps import take_step
 
 __all__ = ["LogisticUnlearner"]
@@ -137,14 +138,20 @@ class LogisticUnlearner(BaseUnlearner):
     ``"fit"``), as :meth:`fit` would with the same b.
     """
 
-    # fitted state (set by fit / from_state_dict)
-    _K: int
-    _W: Array
-    _B: Array
-    _curv: CurvatureCache
-    _cref: Array
-    _certificate: Certificate
-    n_curvature_recomputes_: int
+    kind = "logistic"
+
+    # fitted state, set by fit and saved in checkpoints (see pipeline.unlearning.state)
+    classes_: Annotated[
+        NDArray[Any], Saved("classes_json", dump=_classes_json, load=_classes_from_json)
+    ]
+    _W: Annotated[Array, Saved()]
+    _B: Annotated[Array, Saved()]
+    _curv: Annotated[
+        CurvatureCache, Saved("curvature", dump=_curvature_array, load=_curvature_cache)
+    ]
+    _cref: Annotated[Array, Saved(dump=_held_rows, load=_by_problem)]
+    n_curvature_recomputes_: Annotated[int, Saved()]
+    _certificate: Annotated[Certificate, Part()]
 
     #: Relative accuracy of an update's solve (what it leaves is in the certificate); tight
     #: enough that a model resumed from a checkpoint, whose preconditioner is fresher,
@@ -200,6 +207,11 @@ class LogisticUnlearner(BaseUnlearner):
 
     # -- public attributes ----------------------------------------------------------------
     @property
+    def _K(self) -> int:
+        """Problems: 1 for two classes, one per class (one-vs-rest) for more."""
+        return 1 if self.classes_.size == 2 else int(self.classes_.size)
+
+    @property
     def coef_(self) -> Array:
         W = self._W[:, : self.n_features_in_]
         return W[0].copy() if self._K == 1 else W.copy()
@@ -248,7 +260,6 @@ class LogisticUnlearner(BaseUnlearner):
             msg = f"y has {classes.size} class(es) {classes.tolist()!r}; need at least two"
             raise InvalidInput(msg)
         self.classes_ = classes
-        self._K = 1 if classes.size == 2 else classes.size
         return self._label_indices(y)
 
     def _encode_learn_targets(self, y: NDArray[Any]) -> NDArray[np.int64]:
@@ -449,46 +460,35 @@ class LogisticUnlearner(BaseUnlearner):
             recomputed=step.recomputed,
         )
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def state_dict(self, include_records: bool = False) -> dict[str, Any]:
-        """Everything needed to resume, as arrays and JSON scalars (never pickle).
+    # -- checkpoints: the fields above, with every parameter (BaseUnlearner.state_dict) ---
+    def _parts_state(self) -> dict[str, Any]:
+        return self._certificate.state_dict()
 
-        Records' features are left out unless ``include_records``: the pipeline keeps them
-        in its record store and hands them back to :meth:`from_state_dict`.
-        """
-        state, keep = self._records_state(include_records)  # with every parameter
-        state.update(
-            kind="logistic",
-            classes_json=json.dumps(self.classes_.tolist()),
-            W=self._W.copy(),
-            B=self._B.copy(),
-            curvature=self._curv.to_array(),
-            cref=self._cref[keep].copy(),
-            n_curvature_recomputes=self.n_curvature_recomputes_,
-        )
-        state.update(self._certificate.state_dict())
-        return state
+    def _restore_parts(self, state: Mapping[str, Any]) -> None:
+        certificate = CERTIFICATE_CLASSES[self.certificate]
+        self._certificate = certificate.from_state_dict(state, self)
 
-    @classmethod
-    def from_state_dict(
-        cls,
-        state: Mapping[str, Any],
-        X: ArrayLike | None = None,
-        y: ArrayLike | None = None,
-        ids: Sequence[Hashable] | None = None,
-    ) -> LogisticUnlearner:
-        """Rebuild a model saved by :meth:`state_dict`.
 
-        Give the held records as ``X, y, ids`` (any order) unless the state includes them.
-        """
-        model: LogisticUnlearner = cls._from_params(state)
-        model.classes_ = np.asarray(json.loads(state["classes_json"]))
-        model._K = 1 if model.classes_.size == 2 else model.classes_.size
-        n_held = model._restore_records(state, X, y, ids)
-        model._W = np.array(state["W"], dtype=np.float64)
-        model._B = np.array(state["B"], dtype=np.float64)
-        model._curv = CurvatureCache.from_array(np.asarray(state["curvature"], dtype=np.float64))
-        model._cref = np.array(state["cref"], dtype=np.float64).reshape(n_held, model._K)
-        model.n_curvature_recomputes_ = int(state["n_curvature_recomputes"])
-        model._certificate = CERTIFICATE_CLASSES[model.certificate].from_state_dict(state, model)
-        return model
+def _classes_json(_model: LogisticUnlearner, classes: NDArray[Any]) -> str:
+    return json.dumps(classes.tolist())
+
+
+def _classes_from_json(_model: LogisticUnlearner, text: str) -> NDArray[Any]:
+    return np.asarray(json.loads(text))
+
+
+def _curvature_array(_model: LogisticUnlearner, curv: CurvatureCache) -> Array:
+    return curv.to_array()
+
+
+def _curvature_cache(_model: LogisticUnlearner, matrices: Any) -> CurvatureCache:
+    return CurvatureCache.from_array(np.asarray(matrices, dtype=np.float64))
+
+
+def _held_rows(model: LogisticUnlearner, cref: Array) -> Array:
+    """The curvature weights of the held records, in the record table's order."""
+    return cref[model._fitted_records().weights > 0]
+
+
+def _by_problem(model: LogisticUnlearner, cref: Any) -> Array:
+    return np.array(cref, dtype=np.float64).reshape(-1, model._K)

@@ -17,8 +17,8 @@ retrained solution, up to round-off; the certificate is the normal equations' re
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Hashable
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -29,6 +29,7 @@ from pipeline.unlearning import certify
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
+from pipeline.unlearning.state import Saved
 
 __all__ = ["RidgeUnlearner"]
 
@@ -70,6 +71,16 @@ class RidgeUnlearner(BaseUnlearner):
     (method ``"fit"``).
     """
 
+    kind = "ridge"
+    method = "exact"
+
+    # fitted state, set by fit and saved in checkpoints (see pipeline.unlearning.state)
+    _A: Annotated[Array, Saved()]
+    _c: Annotated[Array, Saved()]
+    _w: Annotated[Array, Saved()]
+    _b: Annotated[Array, Saved()]
+    _certificate: Annotated[float, Saved("certificate")]
+
     def __init__(
         self,
         alpha: float = 1.0,
@@ -92,7 +103,6 @@ class RidgeUnlearner(BaseUnlearner):
         self.epsilon = float(epsilon)
         self.delta = float(delta)
         self.seed = check_seed(seed)
-        self.method = "exact"
         self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
 
     # -- public attributes ----------------------------------------------------------------
@@ -223,38 +233,3 @@ class RidgeUnlearner(BaseUnlearner):
         if progress is not None:
             progress(1.0, "done")
         return self._report("retrain")
-
-    # -- checkpoints ----------------------------------------------------------------------
-    def state_dict(self, include_records: bool = False) -> dict[str, Any]:
-        """Sufficient statistics and solution as arrays and JSON scalars (never pickle)."""
-        state, _ = self._records_state(include_records)  # with every parameter
-        state.update(
-            kind="ridge",
-            A=self._A.copy(),
-            c=self._c.copy(),
-            w=self._w.copy(),
-            b=self._b.copy(),
-            certificate=self._certificate,
-        )
-        return state
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        state: Mapping[str, Any],
-        X: ArrayLike | None = None,
-        y: ArrayLike | None = None,
-        ids: Sequence[Hashable] | None = None,
-    ) -> RidgeUnlearner:
-        """Rebuild a model saved by :meth:`state_dict` (records as for the logistic model)."""
-        if state.get("kind") != "ridge":
-            msg = f"not a ridge checkpoint (kind={state.get('kind')!r})"
-            raise InvalidInput(msg)
-        model: RidgeUnlearner = cls._from_params(state)
-        model._restore_records(state, X, y, ids)
-        model._A = np.array(state["A"], dtype=np.float64)
-        model._c = np.array(state["c"], dtype=np.float64)
-        model._w = np.array(state["w"], dtype=np.float64)
-        model._b = np.array(state["b"], dtype=np.float64)
-        model._certificate = float(state["certificate"])
-        return model

@@ -4,28 +4,41 @@ A checkpoint is a flat mapping of names to numpy arrays and JSON scalars
 (:mod:`pipeline.store.codec` stores it in Redis). Which attributes it holds is read from the
 class's annotations, never from a list kept by hand::
 
-    class ExactCertificate:
-        residual: Annotated[Array, Saved()]        # in the checkpoint, as "residual"
-        _W: Annotated[Array, Saved()]              # as "W" (leading/trailing "_" dropped)
-        classes_: Annotated[NDArray[Any], Saved("classes_json", dump=..., load=...)]
-        gram_drift: Annotated[Array, Derived("G (w - w_ref), one product on resume")]
+    class BoundCertificate(Certificate):
+        gram: Annotated[Array, Saved(dump=_symmetric)]      # saved as "gram"
+        gram_drift: Annotated[Array, Transient("G (w - w_ref), one product on resume")]
 
-:func:`dump_fields` writes every :class:`Saved` attribute, :func:`load_fields` reads each
-back (and raises, naming the key, when one is missing). A :class:`Derived` attribute is
-rebuilt from the saved ones when a model resumes, and says how. The checkpoint tests
-(``tests/unit/test_checkpoint_params.py``) check that every attribute an engine object holds
-is a constructor parameter, :class:`Saved` or :class:`Derived`: a new attribute that is
-none of them fails them, which is how a field forgotten by a checkpoint is caught.
+    class LogisticUnlearner(BaseUnlearner):
+        _W: Annotated[Array, Saved()]                        # saved as "W"
+        _certificate: Annotated[Certificate, Part()]         # saves its own fields
+
+Three markers say what becomes of an attribute:
+
+:class:`Saved`
+    written by :func:`dump_fields` under its name without leading and trailing underscores
+    (or ``key``), read back by :func:`load_fields`, which names a missing key.
+:class:`Part`
+    an object that saves its own fields into the same checkpoint (its ``state_dict``).
+:class:`Transient`
+    not saved: rebuilt from the saved fields on resume, or meaningful only in the process
+    that set it; ``why`` says which.
+
+A constructor parameter needs no marker: :meth:`~pipeline.unlearning.base.BaseUnlearner.
+get_params` reads the constructor's signature. :func:`undeclared` lists the attributes an
+object holds that are none of these; the checkpoint round-trip test
+(``tests/unit/test_checkpoint_params.py``) requires it to be empty for every model kind, so
+an attribute added without saying what becomes of it fails there, not in a resumed worker.
 
 Values are converted by their annotated type: ``ndarray`` to a float64 copy (C order), and
 ``bool``, ``int``, ``float``, ``str`` to that Python type (never a numpy scalar). Any other
-type gives its own ``dump`` and ``load``.
+type, or a field whose stored form depends on its owner, gives ``dump(owner, value)`` and
+``load(owner, stored)``.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -34,13 +47,15 @@ import numpy as np
 from pipeline.errors import InvalidInput
 
 __all__ = [
-    "Derived",
+    "Part",
     "Saved",
     "StateField",
-    "derived_fields",
+    "Transient",
+    "declared",
     "dump_fields",
     "load_fields",
     "saved_fields",
+    "undeclared",
 ]
 
 
@@ -54,20 +69,26 @@ class Saved:
         Its checkpoint key; by default the attribute's name without leading and trailing
         underscores.
     dump, load : callable, optional
-        ``dump(value) -> stored`` and ``load(stored) -> value``, for a type the defaults do
-        not cover (arrays, bool, int, float, str).
+        ``dump(owner, value) -> stored`` and ``load(owner, stored) -> value``, for a type the
+        defaults do not cover (arrays, bool, int, float, str) or a stored form that depends
+        on the owner. ``load`` runs after the fields declared before it are set.
     """
 
     key: str | None = None
-    dump: Callable[[Any], Any] | None = None
-    load: Callable[[Any], Any] | None = None
+    dump: Callable[[Any, Any], Any] | None = None
+    load: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True)
-class Derived:
-    """Marks an attribute that is not saved but rebuilt on resume; ``how`` says from what."""
+class Part:
+    """Marks an attribute holding an object that saves its own fields (``state_dict``)."""
 
-    how: str
+
+@dataclass(frozen=True)
+class Transient:
+    """Marks an attribute that is not saved; ``why`` says how it is rebuilt, or why not."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -76,81 +97,86 @@ class StateField:
 
     attr: str
     key: str
-    dump: Callable[[Any], Any]
-    load: Callable[[Any], Any]
+    dump: Callable[[Any, Any], Any]
+    load: Callable[[Any, Any], Any]
 
 
-def _array_dump(value: Any) -> np.ndarray:
-    return np.array(value, dtype=np.float64)
+def _convert(to: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    return lambda _owner, value: to(value)
 
 
-def _array_load(stored: Any) -> np.ndarray:
-    return np.array(stored, dtype=np.float64, order="C")
-
-
-_DEFAULTS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    np.ndarray: (_array_dump, _array_load),
-    bool: (bool, bool),
-    int: (int, int),
-    float: (float, float),
-    str: (str, str),
+_DEFAULTS: dict[type, tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]] = {
+    np.ndarray: (
+        _convert(lambda v: np.array(v, dtype=np.float64)),
+        _convert(lambda v: np.array(v, dtype=np.float64, order="C")),
+    ),
+    bool: (_convert(bool), _convert(bool)),
+    int: (_convert(int), _convert(int)),
+    float: (_convert(float), _convert(float)),
+    str: (_convert(str), _convert(str)),
 }
+
+_MARKERS: dict[type[Any], dict[str, tuple[Any, tuple[Any, ...]]]] = {}
+_SAVED: dict[type[Any], tuple[StateField, ...]] = {}
 
 
 def _markers(cls: type[Any]) -> dict[str, tuple[Any, tuple[Any, ...]]]:
-    """Every annotated attribute of ``cls`` and its bases: name -> (type, markers)."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    out = {}
-    for attr, hint in hints.items():
-        if typing.get_origin(hint) is Annotated:
-            base, *extras = typing.get_args(hint)
-            out[attr] = (base, tuple(extras))
-    return out
-
-
-_SAVED: dict[type[Any], tuple[StateField, ...]] = {}
+    """Every ``Annotated`` attribute of ``cls`` and its bases: name -> (type, markers)."""
+    if cls not in _MARKERS:
+        out = {}
+        for attr, hint in typing.get_type_hints(cls, include_extras=True).items():
+            if typing.get_origin(hint) is Annotated:
+                base, *extras = typing.get_args(hint)
+                out[attr] = (base, tuple(extras))
+        _MARKERS[cls] = out
+    return _MARKERS[cls]
 
 
 def saved_fields(cls: type[Any]) -> tuple[StateField, ...]:
     """The :class:`Saved` attributes of ``cls`` (bases first, in declaration order)."""
     if cls not in _SAVED:
-        _SAVED[cls] = _saved_fields(cls)
+        fields = []
+        for attr, (base, extras) in _markers(cls).items():
+            for marker in extras:
+                if isinstance(marker, Saved):
+                    fields.append(_field(cls, attr, base, marker))
+        _SAVED[cls] = tuple(fields)
     return _SAVED[cls]
 
 
-def _saved_fields(cls: type[Any]) -> tuple[StateField, ...]:
-    fields = []
-    for attr, (base, extras) in _markers(cls).items():
-        for marker in extras:
-            if not isinstance(marker, Saved):
-                continue
-            origin = typing.get_origin(base) or base
-            dump, load = _DEFAULTS.get(origin, (None, None))
-            dump, load = marker.dump or dump, marker.load or load
-            if dump is None or load is None:
-                msg = (
-                    f"{cls.__name__}.{attr}: type {base!r} has no default conversion; give "
-                    "Saved(dump=..., load=...)"
-                )
-                raise TypeError(msg)
-            fields.append(StateField(attr, marker.key or attr.strip("_"), dump, load))
-    return tuple(fields)
+def _field(cls: type[Any], attr: str, base: Any, marker: Saved) -> StateField:
+    dump, load = _DEFAULTS.get(typing.get_origin(base) or base, (None, None))
+    dump, load = marker.dump or dump, marker.load or load
+    if dump is None or load is None:
+        msg = (
+            f"{cls.__name__}.{attr}: no default conversion for {base!r}; declare it as "
+            "Saved(dump=..., load=...)"
+        )
+        raise TypeError(msg)
+    return StateField(attr, marker.key or attr.strip("_"), dump, load)
 
 
-def derived_fields(cls: type[Any]) -> dict[str, str]:
-    """The :class:`Derived` attributes of ``cls``: name -> how it is rebuilt."""
-    return {
-        attr: marker.how
+def declared(cls: type[Any], marker: type[Any]) -> tuple[str, ...]:
+    """The attributes of ``cls`` carrying a marker of type ``marker`` (``Part``, ...)."""
+    return tuple(
+        attr
         for attr, (_, extras) in _markers(cls).items()
-        for marker in extras
-        if isinstance(marker, Derived)
-    }
+        if any(isinstance(m, marker) for m in extras)
+    )
 
 
-def dump_fields(obj: Any, fields: tuple[StateField, ...] | None = None) -> dict[str, Any]:
+def undeclared(obj: Any, params: Iterable[str] = ()) -> list[str]:
+    """Attributes ``obj`` holds that are neither ``params`` nor marked :class:`Saved`,
+    :class:`Part` or :class:`Transient`: attributes a checkpoint would silently lose."""
+    cls = type(obj)
+    known = set(params) | {f.attr for f in saved_fields(cls)}
+    known |= set(declared(cls, Part)) | set(declared(cls, Transient))
+    return sorted(set(vars(obj)) - known)
+
+
+def dump_fields(obj: Any) -> dict[str, Any]:
     """The checkpoint entries of ``obj``'s saved attributes (copies)."""
-    fields = saved_fields(type(obj)) if fields is None else fields
-    return {f.key: f.dump(getattr(obj, f.attr)) for f in fields}
+    return {f.key: f.dump(obj, getattr(obj, f.attr)) for f in saved_fields(type(obj))}
 
 
 def load_fields(
@@ -160,7 +186,7 @@ def load_fields(
     what: str,
     fields: tuple[StateField, ...] | None = None,
 ) -> None:
-    """Set ``obj``'s saved attributes from a checkpoint.
+    """Set ``obj``'s saved attributes (or ``fields`` of them) from a checkpoint.
 
     Raises
     ------
@@ -168,12 +194,11 @@ def load_fields(
         A saved attribute's key is missing from ``state`` (named, with ``what`` saying
         whose checkpoint it is).
     """
-    fields = saved_fields(type(obj)) if fields is None else fields
-    for f in fields:
+    for f in saved_fields(type(obj)) if fields is None else fields:
         if f.key not in state:
             msg = (
                 f"{what} checkpoint has no {f.key!r}: it was not written by this version of "
-                "the engine; refit the model from its records"
+                "the engine; fit the model again from its records"
             )
             raise InvalidInput(msg)
-        setattr(obj, f.attr, f.load(state[f.key]))
+        setattr(obj, f.attr, f.load(obj, state[f.key]))

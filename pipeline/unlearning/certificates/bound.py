@@ -13,14 +13,14 @@ from pipeline.unlearning._blas import single_thread
 from pipeline.unlearning.certificates.base import Certificate, Host
 from pipeline.unlearning.curvature import rank_update, symmetric_product, symmetrize
 from pipeline.unlearning.loss import curvature_weights, margins
-from pipeline.unlearning.state import Derived, Saved, load_fields, saved_fields
+from pipeline.unlearning.state import Saved, Transient, load_fields, saved_fields
 
 __all__ = ["BoundCertificate"]
 
 Array = NDArray[np.float64]
 
 
-def _symmetric(gram: Array) -> Array:
+def _symmetric(_certificate: BoundCertificate, gram: Array) -> Array:
     """The Gram matrix whole (BLAS keeps one triangle current between updates)."""
     out = np.array(gram, dtype=np.float64)
     symmetrize(out)
@@ -64,8 +64,8 @@ class BoundCertificate(Certificate):
     drift: Annotated[Array, Saved()]
     weight_error: Annotated[Array, Saved()]
     err_norm: Annotated[Array, Saved()]
-    gram_drift: Annotated[Array, Derived("gram @ (w - wref), one product on resume")]
-    gram_drift_error: Annotated[Array, Derived("round-off allowance times ||w - wref||")]
+    gram_drift: Annotated[Array, Transient("gram @ (w - wref), one product on resume")]
+    gram_drift_error: Annotated[Array, Transient("round-off allowance times ||w - wref||")]
 
     def __init__(self, n_problems: int, width: int) -> None:
         super().__init__(n_problems, width)
