@@ -65,7 +65,14 @@ from pipeline.store.facade import Store
 from pipeline.store.publication import Publication, PublishResult
 from pipeline.store.records import StoredRecord
 from pipeline.store.suppression import Candidate
-from pipeline.training import Engine, Holdout, engine_spec, holdout_score, load_holdout
+from pipeline.training import (
+    Engine,
+    Holdout,
+    class_scores,
+    engine_spec,
+    holdout_score,
+    load_holdout,
+)
 from pipeline.unlearning import LogisticUnlearner, UpdateReport
 from pipeline.unlearning.base import decode_ids
 
@@ -512,6 +519,8 @@ class Applier:
             score=next(iter(metrics.values()), None),
             baseline=FitBaseline.from_dict(extra.get("last_fit")),
             deleted_since_fit=int(extra["deleted_since_fit"]),
+            class_scores=class_scores(metrics),
+            first_class_scores=dict((extra.get("first_fit") or {}).get("class_scores", {})),
         )
         return result, health
 

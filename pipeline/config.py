@@ -107,9 +107,10 @@ class Settings(BaseSettings):
         ``fast`` shortens faust's session, heartbeat and rebalance timeouts (tests, demo).
     keep_versions : int
         Model versions kept in Redis per model (older ones are retired).
-    retrain_accuracy_drop, retrain_deleted_fraction : float
+    retrain_accuracy_drop, retrain_deleted_fraction, retrain_class_accuracy_drop : float
         Retrain when holdout accuracy fell by more than this since the last full fit, or
-        when more than this fraction of the records was deleted since then.
+        when more than this fraction of the records was deleted since then, or when any
+        class's holdout accuracy fell by more than this since the model's first version.
     retrain_cron : str or None
         Cron expression for scheduled retrains (``"0 3 * * *"``); none by default.
     retrain_min_interval : float
@@ -153,6 +154,7 @@ class Settings(BaseSettings):
     # retraining fallback (pipeline.policy)
     retrain_accuracy_drop: float = Field(default=0.02, gt=0, le=1)
     retrain_deleted_fraction: float = Field(default=0.1, gt=0, le=1)
+    retrain_class_accuracy_drop: float = Field(default=0.05, gt=0, le=1)
     retrain_cron: str | None = None
     retrain_min_interval: float = Field(default=60.0, ge=0)
     retrain_timeout: float = Field(default=1800.0, gt=0)

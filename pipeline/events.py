@@ -222,7 +222,9 @@ class RetrainRequested(Event):
     type: Literal["RetrainRequested"] = "RetrainRequested"
     event_id: Id
     model_id: ModelId
-    reason: Literal["budget", "accuracy", "deleted_fraction", "schedule", "operator"]
+    reason: Literal[
+        "budget", "accuracy", "class_accuracy", "deleted_fraction", "schedule", "operator"
+    ]
     snapshot_seq: int = Field(ge=0)
 
 

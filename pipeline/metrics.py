@@ -167,6 +167,12 @@ class Metrics:
         self.holdout_accuracy = model_gauge(
             "unlearn_holdout_accuracy", "Accuracy of the current version on the model's holdout."
         )
+        self.holdout_class_accuracy = Gauge(
+            "unlearn_holdout_class_accuracy",
+            "Accuracy of the current version on the holdout rows of one class (bias watch).",
+            ["model", "class"],
+            registry=self.registry,
+        )
         self.last_publish = model_gauge(
             "unlearn_last_publish_timestamp_seconds", "Unix time the current version was published."
         )
@@ -243,6 +249,13 @@ class Metrics:
             self.holdout_accuracy.labels(model).set(accuracy)
         self.last_publish.labels(model).set(at.timestamp())
 
+    def class_accuracies(self, model: str, holdout_metrics: dict[str, float]) -> None:
+        """Set a model's per-class holdout accuracies (``accuracy[<label>]`` metrics)."""
+        from pipeline.training import class_scores
+
+        for label, value in class_scores(holdout_metrics).items():
+            self.holdout_class_accuracy.labels(model, label).set(value)
+
     def pending(self, model: str, count: int, oldest: datetime | None) -> None:
         """Set a model's open deletion requests and the age of the oldest."""
         self.pending_deletions.labels(model).set(count)
@@ -276,6 +289,7 @@ class Metrics:
                 accuracy=meta.holdout_metrics.get("accuracy"),
                 at=meta.created_at,
             )
+            self.class_accuracies(model, meta.holdout_metrics)
             open_requests = store.receipts.pending(model)
             self.pending(model, len(open_requests), open_requests[0][1] if open_requests else None)
             try:

@@ -9,8 +9,18 @@ Any of these triggers a retrain of one model, each with its reason (the ``reason
 ``accuracy``
     Holdout accuracy (R^2 for ridge) fell by more than ``accuracy_drop`` since the last
     full fit: the incremental updates have drifted from what a retrain would give.
+``class_accuracy``
+    The bias watch: some class's holdout accuracy fell by more than
+    ``class_accuracy_drop`` against the model's first version, even if the overall
+    accuracy held (unlearning "should not introduce new biases"; per-class accuracy as in
+    Mahadevan & Mathioudakis, 2022).
 ``deleted_fraction``
-    More than ``deleted_fraction`` of the records the last full fit saw were deleted
+    More than ``class_accuracy``
+    The bias watch: some class's holdout accuracy fell by more than
+    ``class_accuracy_drop`` against the model's first version, even if the overall
+    accuracy held (unlearning "should not introduce new biases"; per-class accuracy as in
+    Mahadevan & Mathioudakis, 2022).
+``deleted_fraction`` of the records the last full fit saw were deleted
     since; the approximation error of the updates grows with the removed mass.
 ``schedule``
     A cron expression (:class:`Schedule`) fired.
@@ -24,7 +34,7 @@ a fit. Every decision is logged with its reason and counted by the worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -34,7 +44,9 @@ from pipeline.errors import ConfigError
 
 __all__ = ["FitBaseline", "ModelHealth", "RetrainPolicy", "RetrainReason", "Schedule"]
 
-RetrainReason = Literal["budget", "accuracy", "deleted_fraction", "schedule", "operator"]
+RetrainReason = Literal[
+    "budget", "accuracy", "class_accuracy", "deleted_fraction", "schedule", "operator"
+]
 
 
 @dataclass(frozen=True)
@@ -84,12 +96,27 @@ class ModelHealth:
         The last full fit.
     deleted_since_fit : int
         Records deleted since that fit.
+    class_scores : dict of str to float
+        Holdout accuracy on each class's rows, by label, of the new version.
+    first_class_scores : dict of str to float
+        The same for the model's first version (the bias watch's reference).
     """
 
     retrain_recommended: bool
     score: float | None
     baseline: FitBaseline | None
     deleted_since_fit: int
+    class_scores: dict[str, float] = field(default_factory=dict)
+    first_class_scores: dict[str, float] = field(default_factory=dict)
+
+    def worst_class_drop(self) -> tuple[str, float] | None:
+        """The class whose accuracy fell most since the first version, and by how much."""
+        drops = [
+            (label, first - self.class_scores[label])
+            for label, first in self.first_class_scores.items()
+            if label in self.class_scores
+        ]
+        return max(drops, key=lambda d: d[1]) if drops else None
 
 
 @dataclass(frozen=True)
@@ -102,13 +129,18 @@ class RetrainPolicy:
         Retrain when the holdout score is more than this below the last full fit's.
     deleted_fraction : float
         Retrain when more than this fraction of the last fit's records was deleted.
+    class_accuracy_drop : float
+        Retrain when any class's holdout accuracy is more than this below the first
+        version's.
     """
 
     accuracy_drop: float = 0.02
     deleted_fraction: float = 0.1
+    class_accuracy_drop: float = 0.05
 
     def decide(self, health: ModelHealth) -> RetrainReason | None:
-        """The first trigger that fires (budget, accuracy, deleted fraction), or ``None``."""
+        """The first trigger that fires (budget, accuracy, class accuracy, deleted
+        fraction), or ``None``."""
         if health.retrain_recommended:
             return "budget"
         base = health.baseline
@@ -120,6 +152,9 @@ class RetrainPolicy:
             and base.score - health.score > self.accuracy_drop
         ):
             return "accuracy"
+        worst = health.worst_class_drop()
+        if worst is not None and worst[1] > self.class_accuracy_drop:
+            return "class_accuracy"
         if base.n_records > 0 and health.deleted_since_fit > self.deleted_fraction * base.n_records:
             return "deleted_fraction"
         return None

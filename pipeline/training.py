@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ __all__ = [
     "build_engine",
     "engine_kind",
     "engine_spec",
+    "class_scores",
     "holdout_score",
     "load_holdout",
     "load_table",
@@ -254,11 +256,29 @@ def engine_kind(engine: Engine) -> Kind:
 
 
 def holdout_score(engine: Engine, holdout: Holdout | None) -> dict[str, float]:
-    """Holdout metrics of the engine: ``accuracy`` (logistic) or ``r2`` (ridge)."""
+    """Holdout metrics of the engine: ``accuracy`` (logistic) or ``r2`` (ridge) first,
+    then, for a classifier, the accuracy on each class's rows, ``accuracy[<label>]``
+    (the bias watch: who the model now fails, not only how many)."""
     if holdout is None or len(holdout.tokens) == 0:
         return {}
-    name = "accuracy" if engine_kind(engine) == "logistic" else "r2"
-    return {name: float(engine.score(holdout.X, holdout.y))}
+    if engine_kind(engine) != "logistic":
+        return {"r2": float(engine.score(holdout.X, holdout.y))}
+    predicted = np.asarray(engine.predict(holdout.X))
+    truth = np.asarray(holdout.y)
+    hits = predicted == truth
+    out = {"accuracy": float(hits.mean())}
+    for label in np.unique(truth):
+        out[f"accuracy[{label}]"] = float(hits[truth == label].mean())
+    return out
+
+
+def class_scores(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The per-class accuracies of :func:`holdout_score`'s metrics, by label."""
+    return {
+        key[len("accuracy[") : -1]: value
+        for key, value in metrics.items()
+        if key.startswith("accuracy[") and key.endswith("]")
+    }
 
 
 def load_holdout(store: Store, model_id: str) -> Holdout | None:
@@ -373,7 +393,11 @@ def train_model(
         method="fit",
         seq=0,
         holdout_metrics=metrics,
-        extra={"last_fit": baseline, "deleted_since_fit": 0},
+        extra={
+            "last_fit": baseline,
+            "first_fit": {"version": 1, "class_scores": class_scores(metrics)},
+            "deleted_since_fit": 0,
+        },
     )
     records = [
         StoredRecord(

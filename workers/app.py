@@ -171,6 +171,7 @@ def build_app(
         policy=RetrainPolicy(
             accuracy_drop=settings.retrain_accuracy_drop,
             deleted_fraction=settings.retrain_deleted_fraction,
+            class_accuracy_drop=settings.retrain_class_accuracy_drop,
         ),
         retraining=retraining,
         keep_versions=settings.keep_versions,
@@ -304,6 +305,7 @@ def build_app(
             accuracy=pub.holdout_metrics.get("accuracy"),
             at=pub.ts,
         )
+        metrics.class_accuracies(pub.model_id, pub.holdout_metrics)
         for report in outcome.reports:
             metrics.applied(report.method, report.n_removed, report.n_added)
         if event_times is not None:

@@ -14,6 +14,7 @@ from pipeline import LogisticUnlearner
 from pipeline.applier import Applier, Forget, Learn
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
 from pipeline.intake import Message
+from pipeline.policy import RetrainPolicy
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.routing import Router
 from pipeline.store import Store
@@ -307,3 +308,27 @@ def test_a_replayed_request_keeps_the_receipts_it_had(store: Store, model: str) 
     assert by_model == {} and again.skipped == 1
     assert [r.model_id for r in again.receipts] == [model]  # announced again, not widened
     assert [r.model_id for r in store.receipts.get("req-once")] == [model]
+
+
+def test_the_bias_watch_fires_when_one_class_is_forgotten_away(
+    store: Store, digits_table: Table
+) -> None:
+    """Per-class holdout accuracy is published with each version; erasing most of one
+    class's records makes that class fail while the others hold: a class_accuracy retrain."""
+    train_model(store, "bias", digits_table, params=PARAMS, holdout=0.3, seed=4)
+    first = store.models.metadata("bias").holdout_metrics
+    assert {f"accuracy[{c}]" for c in range(10)} <= set(first)
+    assert first["accuracy"] == pytest.approx(
+        np.mean([first[f"accuracy[{c}]"] for c in range(10)]), abs=0.1
+    )
+    held = store.records.ids("bias")
+    doomed = [
+        r for r, y in zip(digits_table.ids, digits_table.y, strict=True) if y == 3 and r in held
+    ]
+    policy = RetrainPolicy(accuracy_drop=1.0, deleted_fraction=1.0)  # only the bias watch
+    out = Applier(store, policy=policy).apply(
+        "bias", [forget("req-3s", record_ids=doomed[: len(doomed) - 2])]
+    )
+    metrics = store.models.metadata("bias").holdout_metrics
+    assert metrics["accuracy[3]"] < first["accuracy[3]"] - 0.05
+    assert out.retrain is not None and out.retrain.reason == "class_accuracy"

@@ -43,3 +43,14 @@ def test_schedule() -> None:
     )
     with pytest.raises(ConfigError, match="UNLEARN_RETRAIN_CRON"):
         Schedule("every night")
+
+
+def test_a_class_that_the_model_now_fails_triggers_the_bias_watch():
+    first = {"0": 0.95, "1": 0.90}
+    fine = ModelHealth(False, 0.95, BASE, 0, {"0": 0.94, "1": 0.88}, first)
+    biased = ModelHealth(False, 0.95, BASE, 0, {"0": 0.97, "1": 0.80}, first)
+    policy = RetrainPolicy()
+    assert policy.decide(fine) is None
+    assert biased.worst_class_drop() == ("1", pytest.approx(0.10))
+    assert policy.decide(biased) == "class_accuracy"  # the overall score held
+    assert RetrainPolicy(class_accuracy_drop=0.2).decide(biased) is None
