@@ -53,7 +53,6 @@ import numpy as np
 from pipeline.unlearning.loss import KAPPA
 
 __all__ = [
-    "CERTIFICATES",
     "GUO_GAMMA",
     "UNIT_ROUNDOFF",
     "bound_increment",
@@ -71,9 +70,6 @@ GUO_GAMMA = 0.25
 
 #: Unit round-off of float64 arithmetic.
 UNIT_ROUNDOFF = 2.0**-53
-
-#: The certificate kinds an unlearner accepts.
-CERTIFICATES = ("adaptive", "exact", "bound")
 
 
 def budget(sigma: float, epsilon: float, delta: float) -> float:

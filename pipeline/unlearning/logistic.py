@@ -29,7 +29,6 @@ reported as ``curvature_recomputed``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping
 from typing import Annotated, Any
 
@@ -37,25 +36,15 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from pipeline.errors import InvalidInput
-from pipeline.unlearning import certify
+from pipeline.unlearning import certify, loss
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
 from pipeline.unlearning.certificates import CERTIFICATE_CLASSES, Certificate
 from pipeline.unlearning.curvature import CurvatureCache
-from pipeline.unlearning.loss import (
-    class_probabilities,
-    curvature_weights,
-    gradient_terms,
-    margins,
-    objective,
-    predicted_index,
-    pullback,
-    signs,
-)
 from pipeline.unlearning.newton import NewtonSolver
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
-from pipeline.unlearning.state import Part, Saved
-from pipeline.unlearning.steps import take_step
+from pipeline.unlearning.state import Part, Saved, json_array
+from pipeline.unlearning.steps import forget_rows, learn_rows
 
 __all__ = ["LogisticUnlearner"]
 
@@ -84,14 +73,12 @@ class LogisticUnlearner(BaseUnlearner):
     method : {"fisher", "influence"}
         Default removal/addition rule for :meth:`forget` and :meth:`learn`.
     certificate : {"adaptive", "exact", "bound"}
-        How the gradient residual is known (see :mod:`pipeline.unlearning.certify`):
-        ``"adaptive"`` (default) adds a per-batch bound (``O(d^2)``,
-        :func:`~pipeline.unlearning.certify.residual_growth`) to the last exact
-        measurement and measures again (``O(n d)``) once it passes ``measure_above`` of
-        the budget; ``"exact"`` measures after every update; ``"bound"`` is Guo et al.'s
-        accumulated data-dependent bound alone. Except with ``"exact"``, fitting ends with
-        the curvature rebuilt at the fitted model (one more ``O(n d^2)`` pass), which the
-        bound then charges nothing for staleness.
+        How the gradient residual is known (:mod:`pipeline.unlearning.certificates`):
+        ``"adaptive"`` (default) bounds its growth per batch (``O(K d^2)``) and measures it
+        (``O(n d)``) past ``measure_above`` of the budget, ``"exact"`` measures it after
+        every update, ``"bound"`` is Guo et al.'s accumulated bound alone. Except with
+        ``"exact"``, a fit ends with the curvature rebuilt at the fitted model (one more
+        ``O(n d^2)`` pass), so that the bound charges nothing for its staleness.
     fit_intercept : bool
         Append a constant feature (regularised like the others, as in Guo et al.'s objective,
         which has no separate intercept).
@@ -106,11 +93,8 @@ class LogisticUnlearner(BaseUnlearner):
         bound increment comes from the cached curvature's staleness (0 recomputes before
         every batch, which is Guo et al.'s algorithm).
     max_corrections : int
-        Corrective Newton steps allowed after a measurement (``fisher`` only) while the
-        residual exceeds ``measure_above`` of the budget. Ordinary batches need none or
-        one; a batch of records far from the data (say 20 uniform-noise images learned by
-        a digits model) needs up to about 8 before Newton's quadratic phase, and each
-        costs one pass over the records, far less than the refit it avoids.
+        Fisher corrections allowed after a measurement while the residual exceeds
+        ``measure_above`` of the budget (:func:`~pipeline.unlearning.steps.correct`).
     measure_above : float
         Fraction of the budget at which ``"adaptive"`` measures the residual exactly.
 
@@ -141,14 +125,10 @@ class LogisticUnlearner(BaseUnlearner):
     kind = "logistic"
 
     # fitted state, set by fit and saved in checkpoints (see pipeline.unlearning.state)
-    classes_: Annotated[
-        NDArray[Any], Saved("classes_json", dump=_classes_json, load=_classes_from_json)
-    ]
+    classes_: Annotated[NDArray[Any], json_array("classes_json")]
     _W: Annotated[Array, Saved()]
     _B: Annotated[Array, Saved()]
-    _curv: Annotated[
-        CurvatureCache, Saved("curvature", dump=_curvature_array, load=_curvature_cache)
-    ]
+    _curv: Annotated[CurvatureCache, Saved("curvature")]
     _cref: Annotated[Array, Saved(dump=_held_rows, load=_by_problem)]
     n_curvature_recomputes_: Annotated[int, Saved()]
     _certificate: Annotated[Certificate, Part()]
@@ -182,8 +162,8 @@ class LogisticUnlearner(BaseUnlearner):
             (0 < delta < 1, f"delta must be in (0, 1), got {delta}"),
             (method in METHODS, f"method must be one of {METHODS}, got {method!r}"),
             (
-                certificate in certify.CERTIFICATES,
-                f"certificate must be one of {certify.CERTIFICATES}, got {certificate!r}",
+                certificate in CERTIFICATE_CLASSES,
+                f"certificate must be one of {tuple(CERTIFICATE_CLASSES)}, got {certificate!r}",
             ),
             (tol > 0 and max_iter > 0, "tol and max_iter must be > 0"),
         ]
@@ -243,11 +223,11 @@ class LogisticUnlearner(BaseUnlearner):
 
     def predict_proba(self, X: ArrayLike) -> Array:
         """Class probabilities (one-vs-rest sigmoids normalised, as scikit-learn does)."""
-        return class_probabilities(self.decision_function(X))
+        return loss.class_probabilities(self.decision_function(X))
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Most likely class of every row."""
-        return self.classes_[predicted_index(self.decision_function(X))]
+        return self.classes_[loss.predicted_index(self.decision_function(X))]
 
     def score(self, X: ArrayLike, y: ArrayLike) -> float:
         """Mean accuracy."""
@@ -277,7 +257,7 @@ class LogisticUnlearner(BaseUnlearner):
 
     def _signs(self, targets: NDArray[np.int64]) -> Array:
         """Labels in {-1, +1}, shape (n, K)."""
-        return signs(targets, self._K)
+        return loss.signs(targets, self._K)
 
     # -- the objective over the held records ----------------------------------------------
     def _gradient(self, W: Array) -> Array:
@@ -288,13 +268,13 @@ class LogisticUnlearner(BaseUnlearner):
         """The exact gradient and the margins ``X @ W.T`` it was computed from."""
         rec = self._fitted_records()
         X, a = rec.X, rec.weights
-        Z = margins(X, W)
-        R = gradient_terms(Z, self._signs(rec.targets), a)
-        return pullback(R, X) + self.lam * rec.n_records * W + self._B, Z
+        Z = loss.margins(X, W)
+        R = loss.gradient_terms(Z, self._signs(rec.targets), a)
+        return loss.pullback(R, X) + self.lam * rec.n_records * W + self._B, Z
 
     def _objective(self, W: Array) -> Array:
         rec = self._fitted_records()
-        return objective(rec.X, self._signs(rec.targets), W, self._B, self.lam, rec.weights)
+        return loss.objective(rec.X, self._signs(rec.targets), W, self._B, self.lam, rec.weights)
 
     def _recompute_curvature(self, *, gram: bool = False) -> None:
         """Rebuild the cached curvature at the current model from all records (O(n d^2)).
@@ -303,7 +283,7 @@ class LogisticUnlearner(BaseUnlearner):
         records too (:meth:`~pipeline.unlearning.certificates.Certificate.curvature_rebuilt`).
         """
         rec = self._fitted_records()
-        weights = curvature_weights(margins(rec.X, self._W)) * rec.weights[:, None]
+        weights = loss.curvature_weights(loss.margins(rec.X, self._W)) * rec.weights[:, None]
         self._curv.recompute(rec.X, weights, self.lam * rec.n_records)
         self._cref = weights
         self.n_curvature_recomputes_ += 1
@@ -317,11 +297,15 @@ class LogisticUnlearner(BaseUnlearner):
 
     def _fit_from_zero(self) -> None:
         """Minimise the objective with the current b over the held records, from w = 0."""
-        self._W = np.zeros((self._K, self._width))
-        self._curv = CurvatureCache(self._K, self._width)
-        self._certificate = CERTIFICATE_CLASSES[self.certificate](self._K, self._width)
+        self._start(np.zeros((self._K, self._width)))
         self._recompute_curvature(gram=True)
         self._minimise(progress=None)
+
+    def _start(self, W: Array) -> None:
+        """The model at ``W``, with an empty curvature and the certificate of no record."""
+        self._W = W
+        self._curv = CurvatureCache(self._K, self._width)
+        self._certificate = CERTIFICATE_CLASSES[self.certificate](self._K, self._width)
 
     def _clear(self) -> None:
         r"""The state of a model that holds no record: w = 0, certificate 0; b is kept.
@@ -334,11 +318,8 @@ class LogisticUnlearner(BaseUnlearner):
         records remains). The next :meth:`learn` fits from w = 0 with the same b.
         """
         rec = self._fitted_records()
-        K, d = self._K, self._width
-        self._W = np.zeros((K, d))
-        self._curv = CurvatureCache(K, d)
-        self._cref = np.zeros((rec.n_rows, K))
-        self._certificate = CERTIFICATE_CLASSES[self.certificate](K, d)
+        self._start(np.zeros((self._K, self._width)))
+        self._cref = np.zeros((rec.n_rows, self._K))
         rec.refresh_max_norm()
 
     def _refit(self, progress: Progress | None, warm_start: bool = True) -> UpdateReport:
@@ -350,9 +331,7 @@ class LogisticUnlearner(BaseUnlearner):
             return self._report("retrain")
         if progress is not None:
             progress(0.0, "recomputing curvature")
-        if not warm_start:
-            self._W = np.zeros_like(self._W)
-        self._certificate = CERTIFICATE_CLASSES[self.certificate](self._K, self._width)
+        self._start(self._W if warm_start else np.zeros_like(self._W))
         self._recompute_curvature(gram=True)
         self._minimise(progress)
         if progress is not None:
@@ -395,70 +374,24 @@ class LogisticUnlearner(BaseUnlearner):
             rec.compact()
             self._clear()
             return self._report(EMPTIED, n_removed=m, absent=absent)
-        n_before = rec.n_records
-        # fancy indexing copies: the buffer's rows are erased at once, while still in cache,
-        # the copies once the batch is applied
-        Xr, signs_r, weights = rec.X[rows], self._signs(rec.targets[rows]), self._cref[rows]
-        rec.erase(rows)
-        self._cref[rows] = 0.0
-        Rr = gradient_terms(margins(Xr, self._W), signs_r)
-        delta = pullback(Rr, Xr) + self.lam * m * self._W
-        self._curv.add(Xr, weights, self.lam * m, sign=-1.0)
-        self._certificate.removed(self, m)
-        worst = certify.worst_case_sum(rec.max_norm, self.lam, n_before - m + 1, n_before)
-        self._certificate.worst_case += self._K * worst
-        # the residual on D' at the old model: previous residual minus the removed gradient
-        report = self._step(+delta, method, Xr, -1.0, n_removed=m, n_added=0, absent=absent)
-        Xr[:] = 0.0
-        return report
-
-    def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
-        rec = self._fitted_records()
-        m = rows.size
-        if m == 0:
-            return self._report(self.method)
-        if m == rec.n_records:  # an empty model learns as it fits, with the b it has
-            self._fit_from_zero()
-            return self._report("fit", n_added=m, recomputed=True)
-        Xa = rec.X[rows]
-        Za = margins(Xa, self._W)
-        Ra = gradient_terms(Za, self._signs(rec.targets[rows]))
-        delta = pullback(Ra, Xa) + self.lam * m * self._W
-        weights = curvature_weights(Za)
-        self._cref = np.vstack([self._cref, np.zeros((rec.n_rows - self._cref.shape[0], self._K))])
-        self._cref[rows] = weights
-        self._curv.add(Xa, weights, self.lam * m, sign=1.0)
-        self._certificate.learned(self, Xa, weights)
-        n = rec.n_records
-        worst = certify.worst_case_sum(rec.max_norm, self.lam, n - m + 1, n)
-        self._certificate.worst_case += self._K * worst
-        return self._step(-delta, self.method, Xa, 1.0, n_removed=0, n_added=m, absent=())
-
-    def _step(
-        self,
-        delta: Array,
-        method: str,
-        batch: Array,
-        sign: float,
-        *,
-        n_removed: int,
-        n_added: int,
-        absent: tuple[Hashable, ...],
-    ) -> UpdateReport:
-        """One influence or Fisher step (:func:`~pipeline.unlearning.steps.take_step`),
-        then the record buffer compacted if it is half erased, and the report."""
-        step = take_step(self, delta, method, batch, sign)
-        keep = self._fitted_records().compact()
-        if keep is not None:
-            self._cref = self._cref[keep]
+        step = forget_rows(self, rows, method)
         return self._report(
             step.method,
-            n_removed=n_removed,
-            n_added=n_added,
+            n_removed=m,
             growth=step.growth,
             absent=absent,
             recomputed=step.recomputed,
         )
+
+    def _add(self, rows: NDArray[np.intp]) -> UpdateReport:
+        m = rows.size
+        if m == 0:
+            return self._report(self.method)
+        if m == self._fitted_records().n_records:  # an empty model learns as it fits
+            self._fit_from_zero()
+            return self._report("fit", n_added=m, recomputed=True)
+        step = learn_rows(self, rows, self.method)
+        return self._report(step.method, n_added=m, growth=step.growth, recomputed=step.recomputed)
 
     # -- checkpoints: the fields above, with every parameter (BaseUnlearner.state_dict) ---
     def _parts_state(self) -> dict[str, Any]:
@@ -467,22 +400,6 @@ class LogisticUnlearner(BaseUnlearner):
     def _restore_parts(self, state: Mapping[str, Any]) -> None:
         certificate = CERTIFICATE_CLASSES[self.certificate]
         self._certificate = certificate.from_state_dict(state, self)
-
-
-def _classes_json(_model: LogisticUnlearner, classes: NDArray[Any]) -> str:
-    return json.dumps(classes.tolist())
-
-
-def _classes_from_json(_model: LogisticUnlearner, text: str) -> NDArray[Any]:
-    return np.asarray(json.loads(text))
-
-
-def _curvature_array(_model: LogisticUnlearner, curv: CurvatureCache) -> Array:
-    return curv.to_array()
-
-
-def _curvature_cache(_model: LogisticUnlearner, matrices: Any) -> CurvatureCache:
-    return CurvatureCache.from_array(np.asarray(matrices, dtype=np.float64))
 
 
 def _held_rows(model: LogisticUnlearner, cref: Array) -> Array:

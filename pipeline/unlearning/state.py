@@ -29,14 +29,16 @@ object holds that are none of these; the checkpoint round-trip test
 (``tests/unit/test_checkpoint_params.py``) requires it to be empty for every model kind, so
 an attribute added without saying what becomes of it fails there, not in a resumed worker.
 
-Values are converted by their annotated type: ``ndarray`` to a float64 copy (C order), and
-``bool``, ``int``, ``float``, ``str`` to that Python type (never a numpy scalar). Any other
-type, or a field whose stored form depends on its owner, gives ``dump(owner, value)`` and
-``load(owner, stored)``.
+Values are converted by their annotated type: ``ndarray`` to a float64 copy (C order),
+``bool``, ``int``, ``float``, ``str`` to that Python type (never a numpy scalar), and a class
+with ``to_array()`` and ``from_array(array)`` through one float64 array. :func:`json_array`
+stores an array of labels as JSON text. Any other type, or a field whose stored form depends
+on its owner, gives ``dump(owner, value)`` and ``load(owner, stored)``.
 """
 
 from __future__ import annotations
 
+import json
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ __all__ = [
     "Transient",
     "declared",
     "dump_fields",
+    "json_array",
     "load_fields",
     "saved_fields",
     "undeclared",
@@ -144,8 +147,20 @@ def saved_fields(cls: type[Any]) -> tuple[StateField, ...]:
     return _SAVED[cls]
 
 
+def json_array(key: str) -> Saved:
+    """A field holding an array of labels (ints, floats or strings), saved as JSON text."""
+    return Saved(
+        key,
+        dump=lambda _owner, value: json.dumps(np.asarray(value).tolist()),
+        load=lambda _owner, text: np.asarray(json.loads(text)),
+    )
+
+
 def _field(cls: type[Any], attr: str, base: Any, marker: Saved) -> StateField:
     dump, load = _DEFAULTS.get(typing.get_origin(base) or base, (None, None))
+    if hasattr(base, "to_array") and hasattr(base, "from_array"):
+        dump = _convert(lambda v: v.to_array())
+        load = _convert(lambda a: base.from_array(np.asarray(a, dtype=np.float64)))
     dump, load = marker.dump or dump, marker.load or load
     if dump is None or load is None:
         msg = (

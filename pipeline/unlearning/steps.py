@@ -31,9 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.unlearning import certify
 from pipeline.unlearning.certificates import Host
+from pipeline.unlearning.loss import curvature_weights, gradient_terms, margins, pullback, signs
 
-__all__ = ["Step", "correct", "take_step"]
+__all__ = ["Step", "correct", "forget_rows", "learn_rows", "take_step"]
 
 Array = NDArray[np.float64]
 
@@ -57,6 +59,63 @@ class Step:
     method: str
     recomputed: bool
     growth: float
+
+
+def forget_rows(host: Host, rows: NDArray[np.intp], method: str) -> Step:
+    r"""Forget the held records at ``rows`` (some, not all of them) with ``method``.
+
+    The rows are erased from the record table at once (their features leave the buffer
+    while still in cache); their gradient :math:`\Delta` and curvature terms (with the
+    weights they entered with) are taken from copies, which are zeroed once the step is
+    taken. Guo et al.'s worst case grows by one removal per record.
+    """
+    rec = host._fitted_records()
+    m, n_before, lam, K = rows.size, rec.n_records, host.lam, host._K
+    Xr, Yr, weights = rec.X[rows], signs(rec.targets[rows], K), host._cref[rows]
+    rec.erase(rows)
+    host._cref[rows] = 0.0
+    delta = pullback(gradient_terms(margins(Xr, host._W), Yr), Xr) + lam * m * host._W
+    host._curv.add(Xr, weights, lam * m, sign=-1.0)
+    cert = host._certificate
+    cert.removed(host, m)
+    cert.worst_case += K * certify.worst_case_sum(rec.max_norm, lam, n_before - m + 1, n_before)
+    # the residual on D' at the old model: previous residual minus the removed gradient
+    step = take_step(host, +delta, method, Xr, -1.0)
+    _compact(host)
+    Xr[:] = 0.0
+    return step
+
+
+def learn_rows(host: Host, rows: NDArray[np.intp], method: str) -> Step:
+    """Learn the records just appended at ``rows`` (the model held others already).
+
+    Their curvature weights are taken at the current model, exact there; the certificate
+    notes how far they are from the weights at its reference point
+    (:meth:`~pipeline.unlearning.certificates.Certificate.learned`).
+    """
+    rec = host._fitted_records()
+    m, n, lam, K = rows.size, rec.n_records, host.lam, host._K
+    Xa = rec.X[rows]
+    Za = margins(Xa, host._W)
+    delta = pullback(gradient_terms(Za, signs(rec.targets[rows], K)), Xa) + lam * m * host._W
+    weights = curvature_weights(Za)
+    host._cref = np.vstack([host._cref, np.zeros((rec.n_rows - host._cref.shape[0], K))])
+    host._cref[rows] = weights
+    host._curv.add(Xa, weights, lam * m, sign=1.0)
+    cert = host._certificate
+    cert.learned(host, Xa, weights)
+    cert.worst_case += K * certify.worst_case_sum(rec.max_norm, lam, n - m + 1, n)
+    step = take_step(host, -delta, method, Xa, 1.0)
+    _compact(host)
+    return step
+
+
+def _compact(host: Host) -> None:
+    """Drop the erased rows from the record buffer, and their curvature weights, once they
+    are half of it."""
+    keep = host._fitted_records().compact()
+    if keep is not None:
+        host._cref = host._cref[keep]
 
 
 def take_step(host: Host, delta: Array, method: str, batch: Array, sign: float) -> Step:

@@ -9,7 +9,6 @@ import pytest
 from pipeline import LogisticUnlearner, RidgeUnlearner
 from pipeline.errors import InvalidInput
 from pipeline.store.codec import decode_state, encode_state
-from pipeline.unlearning.base import BaseUnlearner
 from pipeline.unlearning.records import RecordTable
 from pipeline.unlearning.state import Part, declared, saved_fields, undeclared
 
@@ -116,7 +115,7 @@ def test_every_parameter_and_state_field_survives_a_checkpoint(request, kind, th
     state = model.state_dict(include_records=True)
     fields = {f.key for f in saved_fields(cls)}
     fields |= {f.key for part in _parts(model) for f in saved_fields(type(part))}
-    records = {*BaseUnlearner.RECORD_KEYS, "X", "targets"}
+    records = {*RecordTable.STATE_KEYS, "X", "targets"}
     assert set(state) == set(cls.param_names()) | {"kind"} | records | fields
     if through_codec:
         state = decode_state(encode_state(state))

@@ -47,8 +47,7 @@ __all__ = [
     "Host",
 ]
 
-#: The certificate class of each ``certificate=`` value, in the order of
-#: :data:`~pipeline.unlearning.certify.CERTIFICATES`.
+#: The certificate class of each ``certificate=`` value (the default first).
 CERTIFICATE_CLASSES: dict[str, type[Certificate]] = {
     cls.kind: cls for cls in (AdaptiveCertificate, ExactCertificate, BoundCertificate)
 }
