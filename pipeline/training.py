@@ -47,6 +47,7 @@ __all__ = [
     "engine_kind",
     "engine_spec",
     "class_scores",
+    "split_rows",
     "holdout_score",
     "load_holdout",
     "load_table",
@@ -323,6 +324,18 @@ def engine_spec(
     )
 
 
+def split_rows(
+    n: int, holdout: float, seed: int | None
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Row indices of the holdout and of the training rows, each sorted.
+
+    ``seed`` None: fresh entropy from the operating system.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = int(round(holdout * n))
+    return np.sort(order[:n_hold]), np.sort(order[n_hold:])
+
+
 def train_model(
     store: Store,
     model_id: str,
@@ -332,6 +345,7 @@ def train_model(
     holdout: float = 0.2,
     seed: int | None = None,
     params: dict[str, Any] | None = None,
+    split_seed: int | None = None,
 ) -> tuple[Engine, PublishResult]:
     """Fit a new model on ``table`` and publish it as version 1.
 
@@ -352,6 +366,9 @@ def train_model(
         voids the certified guarantee (tests and benchmarks only).
     params : dict, optional
         Hyperparameters of the engine (``lam``, ``sigma``, ``fit_intercept``, ...).
+    split_seed : int, optional
+        Seed of the holdout split alone (default: ``seed``), so that a caller can use
+        the same split (:func:`split_rows`) without fixing b.
 
     Raises
     ------
@@ -369,10 +386,8 @@ def train_model(
         msg = f"holdout fraction must be in [0, 1), got {holdout}"
         raise InvalidInput(msg)
     table.check_ids()
-    rng = np.random.default_rng(seed)  # None: fresh entropy from the operating system
-    order = rng.permutation(len(table))
-    n_hold = int(round(holdout * len(table)))
-    hold, train = np.sort(order[:n_hold]), np.sort(order[n_hold:])
+    hold, train = split_rows(len(table), holdout, seed if split_seed is None else split_seed)
+    n_hold = len(hold)
     engine = build_engine(kind, **{"seed": seed, **(params or {})})
     ids = [table.ids[i] for i in train]
     engine.fit(table.X[train], table.y[train], ids=ids)

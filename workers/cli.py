@@ -207,7 +207,17 @@ def train(
     ] = None,
     id_column: Annotated[str | None, typer.Option(help="Record id column of a CSV.")] = None,
     holdout: Annotated[float, typer.Option(help="Fraction kept for the accuracy check.")] = 0.2,
-    lam: Annotated[float, typer.Option(help="Logistic: L2 penalty per record.")] = 1e-3,
+    lam: Annotated[
+        str,
+        typer.Option(
+            help="Logistic: L2 penalty per record, or 'auto': choose it on the training rows "
+            "by validation, showing each candidate's accuracy and the removals its "
+            "certificate supports."
+        ),
+    ] = "1e-3",
+    min_removals: Annotated[
+        int, typer.Option(help="With --lam auto: removals the chosen lambda must support.")
+    ] = 10,
     alpha: Annotated[float, typer.Option(help="Ridge: L2 penalty.")] = 1.0,
     sigma: Annotated[float, typer.Option(help="Objective perturbation (0: no certificate).")] = 1.0,
     epsilon: Annotated[float, typer.Option(help="Removal guarantee epsilon.")] = 1.0,
@@ -222,15 +232,23 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Load records into Redis, fit, and publish version 1 with its engine checkpoint."""
-    from pipeline.training import load_table, train_model
+    """Load records into Redis, fit, and publish version 1 with its engine checkpoint.
+
+    Prints the model next to scikit-learn's uncertified default and the majority class on
+    the same holdout, and warns when the certified model is no better than the latter.
+    """
+    import secrets
+
+    from pipeline.training import load_table, split_rows, train_model
 
     table = load_table(
         data, label_column=label_column, subject_column=subject_column, id_column=id_column
     )
+    split_seed = seed if seed is not None else secrets.randbits(62)
+    hold, rows = split_rows(len(table), holdout, split_seed)
     if kind == "logistic":
         params: dict[str, Any] = {
-            "lam": lam,
+            "lam": _lam(lam),
             "sigma": sigma,
             "epsilon": epsilon,
             "delta": delta,
@@ -249,17 +267,86 @@ def train(
     else:
         msg = f"--kind {kind!r}: use 'logistic' or 'ridge'"
         raise PipelineError(msg)
+    if kind == "logistic" and params["lam"] is None:
+        params["lam"] = _choose_lam(table.X[rows], table.y[rows], params, min_removals)
     settings = load_settings()
     with _services(settings) as found, _store(settings, found) as store:
         engine, result = train_model(
-            store, model_id, table, kind=kind, holdout=holdout, seed=seed, params=params
+            store,
+            model_id,
+            table,
+            kind=kind,
+            holdout=holdout,
+            seed=seed,
+            params=params,
+            split_seed=split_seed,
         )
         meta = result.metadata
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in meta.holdout_metrics.items())
+        overall = {k: v for k, v in meta.holdout_metrics.items() if "[" not in k}
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items())
         console.print(
             f"model [bold]{model_id}[/] v{meta.version}: {meta.n_records} records, "
             f"{meta.n_features} features, certificate {meta.certificate:.3g} / budget "
             f"{meta.budget:.3g}" + (f", holdout {metrics}" if metrics else "")
+        )
+    if len(hold):
+        _compare_with_baselines(kind, table, rows, hold, next(iter(overall.values()), None))
+
+
+def _lam(text: str) -> float | None:
+    """``--lam``: a positive number, or ``auto`` (None: choose it)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        msg = f"--lam {text!r}: give a positive number (e.g. 1e-4) or 'auto'"
+        raise PipelineError(msg)
+    return value
+
+
+def _choose_lam(X: Any, y: Any, params: dict[str, Any], min_removals: int) -> float:
+    from pipeline.tuning import choose_lam, lam_frontier
+
+    others = {k: v for k, v in params.items() if k != "lam"}
+    frontier = lam_frontier(X, y, params=others)
+    table = Table(title="--lam auto: the price of certification (validation rows)")
+    for col in ("lambda", "accuracy", "budget", "removals supported"):
+        table.add_column(col)
+    for c in frontier:
+        more = "+" if c.capped else ""
+        table.add_row(
+            f"{c.lam:g}", f"{c.accuracy:.4f}", f"{c.budget:.3g}", f"{c.removals_supported}{more}"
+        )
+    console.print(table)
+    chosen = choose_lam(frontier, min_removals)
+    console.print(
+        f"chosen lambda {chosen.lam:g}: the most accurate that supports at least "
+        f"{min_removals} removals before a retrain (counted under Guo's accumulated bound; "
+        "the default certificate supports at least as many)"
+    )
+    return chosen.lam
+
+
+def _compare_with_baselines(
+    kind: str, table: Any, rows: Any, hold: Any, score: float | None
+) -> None:
+    """The published model next to scikit-learn's default and the majority class."""
+    from pipeline.tuning import baselines
+
+    ref = baselines(kind, table.X[rows], table.y[rows], table.X[hold], table.y[hold])
+    name = "accuracy" if kind == "logistic" else "r2"
+    line = f"uncertified scikit-learn default on the same split: {name} {ref.sklearn:.4f}"
+    if ref.majority is not None:
+        line += f"; majority class {ref.majority:.4f}"
+    console.print(line)
+    if ref.majority is not None and score is not None and score <= ref.majority + 0.005:
+        errors.print(
+            f"warning: the model is no better than predicting the majority class "
+            f"({score:.4f} vs {ref.majority:.4f}): the penalty lambda is probably too large "
+            "for these rows; try `--lam auto` or a smaller --lam"
         )
 
 

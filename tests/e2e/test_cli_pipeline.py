@@ -126,3 +126,65 @@ def test_services_prints_addresses_and_stops_on_ctrl_c() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_train_shows_the_price_of_certification(pipe, tmp_path) -> None:
+    """`unlearn train` compares with scikit-learn and the majority class, warns when the
+    penalty leaves a model that predicts the base rate, and `--lam auto` shows the frontier."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    X = X / np.linalg.norm(X, axis=1).max()  # rows within the unit ball, as the bound needs
+    data = tmp_path / "cancer.npz"
+    np.savez(data, X=X, y=y, subjects=np.array([f"p{i}" for i in range(len(y))]))
+
+    heavy = ok(
+        pipe.cli(
+            "train",
+            "cancer-heavy",
+            "--data",
+            str(data),
+            "--subject-column",
+            "subjects",
+            "--lam",
+            "10",
+            "--seed",
+            "1",
+        )
+    )
+    done = pipe.cli(
+        "train",
+        "cancer-heavy2",
+        "--data",
+        str(data),
+        "--subject-column",
+        "subjects",
+        "--lam",
+        "10",
+        "--seed",
+        "1",
+    )
+    assert "uncertified scikit-learn default on the same split: accuracy" in heavy
+    assert "no better than predicting the majority class" in done.stderr
+
+    auto = ok(
+        pipe.cli(
+            "train",
+            "cancer-auto",
+            "--data",
+            str(data),
+            "--subject-column",
+            "subjects",
+            "--lam",
+            "auto",
+            "--seed",
+            "1",
+        )
+    )
+    assert "--lam auto: the price of certification" in auto and "chosen lambda" in auto
+    assert "no better than predicting the majority class" not in auto
+    chosen = pipe.store.models.metadata("cancer-auto").holdout_metrics["accuracy"]
+    assert chosen > 0.85
+
+    user_error(pipe.cli("train", "cancer-bad", "--data", str(data), "--lam", "-3"), "--lam")
