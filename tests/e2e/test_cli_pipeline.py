@@ -139,49 +139,15 @@ def test_train_shows_the_price_of_certification(pipe, tmp_path) -> None:
     data = tmp_path / "cancer.npz"
     np.savez(data, X=X, y=y, subjects=np.array([f"p{i}" for i in range(len(y))]))
 
-    heavy = ok(
-        pipe.cli(
-            "train",
-            "cancer-heavy",
-            "--data",
-            str(data),
-            "--subject-column",
-            "subjects",
-            "--lam",
-            "10",
-            "--seed",
-            "1",
-        )
-    )
-    done = pipe.cli(
-        "train",
-        "cancer-heavy2",
-        "--data",
-        str(data),
-        "--subject-column",
-        "subjects",
-        "--lam",
-        "10",
-        "--seed",
-        "1",
-    )
-    assert "uncertified scikit-learn default on the same split: accuracy" in heavy
-    assert "no better than predicting the majority class" in done.stderr
+    def train(model: str, lam: str) -> subprocess.CompletedProcess:
+        args = ["--data", str(data), "--subject-column", "subjects", "--seed", "1"]
+        return pipe.cli("train", model, *args, "--lam", lam)
 
-    auto = ok(
-        pipe.cli(
-            "train",
-            "cancer-auto",
-            "--data",
-            str(data),
-            "--subject-column",
-            "subjects",
-            "--lam",
-            "auto",
-            "--seed",
-            "1",
-        )
-    )
+    heavy = train("cancer-heavy", "10")
+    assert "uncertified scikit-learn default on the same split: accuracy" in ok(heavy)
+    assert "no better than predicting the majority class" in heavy.stderr
+
+    auto = ok(train("cancer-auto", "auto"))
     assert "--lam auto: the price of certification" in auto and "chosen lambda" in auto
     assert "no better than predicting the majority class" not in auto
     chosen = pipe.store.models.metadata("cancer-auto").holdout_metrics["accuracy"]
