@@ -73,8 +73,9 @@ from pipeline.training import (
     holdout_score,
     load_holdout,
 )
-from pipeline.unlearning import LogisticUnlearner, UpdateReport
+from pipeline.unlearning import UpdateReport
 from pipeline.unlearning.base import decode_ids
+from pipeline.unlearning.kinds import kind_of
 
 __all__ = ["Applier", "Forget", "Learn", "Outcome"]
 
@@ -437,21 +438,8 @@ class Applier:
                 f"record {ev.record_id!r} has {len(ev.features)} features, model "
                 f"{model_id!r} expects {expected}",
             )
-        if isinstance(engine, LogisticUnlearner):
-            classes = engine.classes_.tolist()
-            if isinstance(ev.label, str) != isinstance(classes[0], str) or ev.label not in classes:
-                return (
-                    "unknown_class",
-                    f"record {ev.record_id!r} has label {ev.label!r}, not one of model "
-                    f"{model_id!r}'s classes {classes}: refit the model to add a class",
-                )
-        elif isinstance(ev.label, str):
-            return (
-                "schema",
-                f"record {ev.record_id!r} has label {ev.label!r}: model {model_id!r} is a "
-                "ridge regressor and needs a number",
-            )
-        return None
+        kind = kind_of(engine)
+        return kind.check_label(engine, ev.label, record_id=ev.record_id, model_id=model_id)
 
     def _seen_events(self, model_id: str, event_ids: list[str]) -> set[str]:
         if not event_ids:

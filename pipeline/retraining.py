@@ -38,7 +38,7 @@ from pipeline.store.codec import StateValue, decode_state, encode_state
 from pipeline.store.facade import Store
 from pipeline.store.records import StoredRecord
 from pipeline.training import Engine
-from pipeline.unlearning import LogisticUnlearner, RidgeUnlearner
+from pipeline.unlearning.kinds import kind_of_state
 
 __all__ = ["HandBack", "Retraining", "Snapshot", "engine_from_state", "refit"]
 
@@ -73,12 +73,11 @@ def engine_from_state(
     state: dict[str, StateValue], records: list[StoredRecord], n_features: int | None = None
 ) -> Engine:
     """Rebuild an engine from its checkpoint and its records (in any order)."""
-    cls = LogisticUnlearner if state.get("kind") == "logistic" else RidgeUnlearner
     d = int(n_features if n_features is not None else str(state["n_features_in"]))
     X = np.stack([r.features for r in records]) if records else np.empty((0, d))
     y = np.array([r.label for r in records])
     ids = [r.record_id for r in records]
-    return cls.from_state_dict(state, X, y, ids)
+    return kind_of_state(state).resume(state, X, y, ids)
 
 
 def refit(engine: Engine, progress: Callable[[float, str], None] | None = None) -> float:
