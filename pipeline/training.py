@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,7 @@ from pipeline.store.publication import PublishResult
 from pipeline.store.records import StoredRecord, index_subjects
 from pipeline.store.versions import ModelSpec
 from pipeline.unlearning import LogisticUnlearner, RidgeUnlearner
+from pipeline.unlearning.kinds import kind_named, kind_of
 
 _ID = re.compile(ID_PATTERN)
 
@@ -56,6 +57,8 @@ __all__ = [
 
 Engine = LogisticUnlearner | RidgeUnlearner
 Kind = Literal["logistic", "ridge"]
+"""A model kind's name in the registry (:data:`pipeline.unlearning.kinds.KINDS`), as a
+published version records it."""
 
 
 @dataclass(frozen=True)
@@ -243,17 +246,15 @@ def _read_csv(
 
 
 def build_engine(kind: Kind, **params: Any) -> Engine:
-    """A fresh unlearner of ``kind`` with the given hyperparameters."""
-    if kind == "logistic":
-        return LogisticUnlearner(**params)
-    if kind == "ridge":
-        return RidgeUnlearner(**params)
-    msg = f"model kind {kind!r} is not one of 'logistic', 'ridge'"
-    raise InvalidInput(msg)
+    """A fresh unlearner of ``kind`` with the given hyperparameters (the registry,
+    :mod:`pipeline.unlearning.kinds`)."""
+    engine: Engine = kind_named(kind).build(**params)
+    return engine
 
 
 def engine_kind(engine: Engine) -> Kind:
-    return "logistic" if isinstance(engine, LogisticUnlearner) else "ridge"
+    """The registry name of an engine's kind."""
+    return cast("Kind", kind_of(engine).name)
 
 
 def holdout_score(engine: Engine, holdout: Holdout | None) -> dict[str, float]:
@@ -262,8 +263,9 @@ def holdout_score(engine: Engine, holdout: Holdout | None) -> dict[str, float]:
     (the bias watch: who the model now fails, not only how many)."""
     if holdout is None or len(holdout.tokens) == 0:
         return {}
-    if engine_kind(engine) != "logistic":
-        return {"r2": float(engine.score(holdout.X, holdout.y))}
+    kind = kind_of(engine)
+    if not kind.classifier:
+        return {kind.score: float(engine.score(holdout.X, holdout.y))}
     predicted = np.asarray(engine.predict(holdout.X))
     truth = np.asarray(holdout.y)
     hits = predicted == truth
@@ -303,7 +305,7 @@ def engine_spec(
 ) -> ModelSpec:
     """The registry's view of the engine's current coefficients."""
     kind = engine_kind(engine)
-    classes = engine.classes_.tolist() if isinstance(engine, LogisticUnlearner) else None
+    classes = kind_of(engine).classes(engine)
     intercept = np.asarray(engine.intercept_, dtype=np.float64)
     coef = np.asarray(engine.coef_, dtype=np.float64)
     if coef.ndim == 1:

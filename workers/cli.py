@@ -246,28 +246,19 @@ def train(
     )
     split_seed = seed if seed is not None else secrets.randbits(62)
     hold, rows = split_rows(len(table), holdout, split_seed)
-    if kind == "logistic":
-        params: dict[str, Any] = {
-            "lam": _lam(lam),
-            "sigma": sigma,
-            "epsilon": epsilon,
-            "delta": delta,
-            "seed": seed,
-            "fit_intercept": fit_intercept,
-        }
-    elif kind == "ridge":
-        params = {
-            "alpha": alpha,
-            "sigma": sigma,
-            "epsilon": epsilon,
-            "delta": delta,
-            "seed": seed,
-            "fit_intercept": fit_intercept,
-        }
-    else:
-        msg = f"--kind {kind!r}: use 'logistic' or 'ridge'"
-        raise PipelineError(msg)
-    if kind == "logistic" and params["lam"] is None:
+    from pipeline.unlearning.kinds import kind_named
+
+    options = {
+        "lam": _lam(lam) if kind == "logistic" else None,
+        "alpha": alpha,
+        "sigma": sigma,
+        "epsilon": epsilon,
+        "delta": delta,
+        "seed": seed,
+        "fit_intercept": fit_intercept,
+    }
+    params: dict[str, Any] = kind_named(kind).select(options)
+    if "lam" in params and params["lam"] is None:
         params["lam"] = _choose_lam(table.X[rows], table.y[rows], params, min_removals)
     settings = load_settings()
     with _services(settings) as found, _store(settings, found) as store:
