@@ -55,12 +55,10 @@ from pipeline.unlearning.loss import KAPPA
 __all__ = [
     "GUO_GAMMA",
     "UNIT_ROUNDOFF",
-    "bound_increment",
     "budget",
     "residual_growth",
     "roundoff_allowance",
     "spectral_upper_bound",
-    "weight_error",
     "worst_case_bound",
     "worst_case_sum",
 ]
@@ -96,55 +94,6 @@ def worst_case_sum(C: float, lam: float, first: int, last: int) -> float:
         return math.inf
     sizes = np.arange(first, last + 1, dtype=np.float64)
     return float(worst_case_bound(C, lam, 2) * (1.0 / (sizes - 1.0)).sum())
-
-
-def bound_increment(
-    *,
-    spectral: float,
-    step_norm: float,
-    Xv_norm: float,
-    C: float,
-    weight_error: float,
-    solve_residual: float,
-) -> float:
-    r"""Upper bound on how much one update can grow the gradient residual, for one problem.
-
-    The engine's earlier form, kept for callers; the unlearner now uses
-    :func:`residual_growth`, whose staleness terms use :math:`\lVert X'(w - w_m)\rVert`
-    and :math:`\lVert e\rVert_2` where this one uses the spectral norm and a path length,
-    and which can use a Taylor term about 200 times smaller.
-
-    With the old residual :math:`r`, the batch's gradient change :math:`\Delta`, the step
-    :math:`v` solved against the cached curvature :math:`\tilde H` (so that
-    :math:`\lVert \tilde H v - \Delta\rVert` is ``solve_residual``), the new residual is
-
-    .. math::
-
-        r + (\tilde H v - \Delta) + (H(w) - \tilde H) v + T, \qquad
-        \lVert T\rVert \le \gamma C \lVert X'\rVert_2 \lVert v\rVert \lVert X' v\rVert
-
-    (the Taylor remainder of Guo et al., Corollary 2, who take C = 1). The cached curvature
-    differs from the true one only in its records' weights: if every weight is within
-    ``weight_error`` of the true :math:`\ell''(x_i^\top w)`, then
-    :math:`\lVert (H(w) - \tilde H) v\rVert \le` ``weight_error``
-    :math:`\cdot \lVert X'\rVert_2 \lVert X' v\rVert`. See :func:`weight_error`.
-
-    Parameters
-    ----------
-    spectral : float
-        An upper bound on :math:`\lVert X'\rVert_2`.
-    step_norm, Xv_norm : float
-        :math:`\lVert v\rVert` and :math:`\lVert X' v\rVert`.
-    C : float
-        An upper bound on the largest record norm.
-    weight_error : float
-        An upper bound on the largest error of a cached curvature weight.
-    solve_residual : float
-        :math:`\lVert \tilde H v - \Delta\rVert`.
-    """
-    taylor = GUO_GAMMA * C * spectral * step_norm * Xv_norm
-    mismatch = weight_error * spectral * Xv_norm
-    return float(taylor + mismatch + solve_residual)
 
 
 def residual_growth(
@@ -250,18 +199,6 @@ def roundoff_allowance(n_terms: float, C: float, lam_n: float, d: int) -> float:
     N = float(n_terms) + float(d)
     gamma = N * UNIT_ROUNDOFF / max(1.0 - N * UNIT_ROUNDOFF, 0.5)
     return 2.0 * gamma * (N * max(C, 1.0) ** 2 + abs(lam_n) + 1.0)
-
-
-def weight_error(measured: float, C: float, drift: float) -> float:
-    r"""Bound on how far the cached curvature weights are from the true ones at w.
-
-    ``measured`` is the largest error :math:`|\ell''(x_i^\top w_m) - c_i|` at the last point
-    :math:`w_m` where it was computed (0 right after the curvature was recomputed) and
-    ``drift`` the path length of w since; the third derivative of the loss is at most
-    :math:`\kappa` in magnitude, so each weight moved by at most
-    :math:`\kappa C \lVert w - w_m\rVert`. Weights lie in (0, 1/4], so no error exceeds 1/4.
-    """
-    return min(0.25, measured + KAPPA * C * drift)
 
 
 def spectral_upper_bound(gram: np.ndarray) -> float:
