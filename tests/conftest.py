@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
+from threadpoolctl import threadpool_limits
 
 from pipeline.embedded import EmbeddedServices, ServiceStartError
 from pipeline.store import Store
@@ -246,3 +247,10 @@ os.environ.setdefault("COLUMNS", "200")
 FAUST_TEST_TIMEOUTS = {"BROKER_SESSION_TIMEOUT": "2.0", "BROKER_HEARTBEAT_INTERVAL": "0.5"}
 for _name, _value in FAUST_TEST_TIMEOUTS.items():
     os.environ.setdefault(_name, _value)
+
+# One BLAS thread in the test process and the processes it starts, as the workers have by
+# default (UNLEARN_BLAS_THREADS): on two cores shared with the broker, redis-server, the
+# workers and other runs, a two-thread BLAS call waits for a busy core and stalls (the
+# fidelity tier took 29 s instead of 15 s next to one busy process; the same when idle).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
