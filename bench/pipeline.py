@@ -169,14 +169,20 @@ def _drain(store: Store, model: str, n: int) -> dict[str, Any]:
     seq0 = store.models.applied_seq(model) or 0
     v0 = store.models.current_version(model)
     _wait(lambda: (store.models.applied_seq(model) or 0) - seq0 >= n, 600, f"{n} backlog applied")
-    versions = [m for m in store.models.history(model) if m.version > v0]
-    first = min(versions, key=lambda m: m.version)
-    last = max(versions, key=lambda m: m.version)
-    seconds = (last.created_at - first.created_at).total_seconds()
-    counted = last.seq - first.seq  # the requests after the first batch
+    # from the publication stream: each erasure retires the versions before it, so the
+    # registry's history holds only the last one
+    published = [
+        (int(e["version"]), int(e["seq"]), datetime.fromisoformat(e["created_at"]))
+        for e in store.models.notices(model, count=10_000)
+        if int(e["version"]) > v0
+    ]
+    versions = sorted(published)
+    first, last = versions[0], versions[-1]
+    seconds = (last[2] - first[2]).total_seconds()
+    counted = last[1] - first[1]  # the requests after the first batch
     return {
         "events": n,
-        "first_batch": first.seq - seq0,
+        "first_batch": first[1] - seq0,
         "seconds": seconds,
         "events_per_second": per_second(counted, seconds),
         "versions_published": len(versions),
@@ -367,7 +373,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                             store, producer, topics, ids[WARMUP:], n_events, phase
                         )
                         rate = results[phase]["events_per_second"]
-                        say(f"pipeline: {format_rate(rate)} events/s")
+                        say(f"pipeline: {format_rate(rate, ' events/s')}")
                     else:
                         say(f"pipeline: latency at 1,000 events/s for {latency_seconds:g} s")
                         results[phase] = _latency(
@@ -399,15 +405,15 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                     _publish(producer, topics.deletions, phase, backlog)
                     with worker():
                         results["drain"] = _drain(store, phase, len(backlog))
-                    drained = format_rate(results["drain"]["events_per_second"])
-                    say(f"pipeline: drained at {drained}/s")
+                    drained = format_rate(results["drain"]["events_per_second"], "/s")
+                    say(f"pipeline: drained at {drained}")
                     noop = f"{tag}noop"
                     _create_topic(found.kafka_bootstrap, noop)
                     results["faust_ceiling"] = _faust_ceiling(
                         found.kafka_bootstrap, producer, noop, backlog, worker_settings
                     )
                     ceiling = results["faust_ceiling"]["events_per_second"]
-                    say(f"pipeline: a no-op faust agent drains it at {format_rate(ceiling)}/s")
+                    say(f"pipeline: a no-op faust agent drains it at {format_rate(ceiling, '/s')}")
             remaining = WARMUP + n_events
             refit = _sklearn_refit(X[remaining:], y[remaining:])
         finally:

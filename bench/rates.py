@@ -31,6 +31,6 @@ def per_second(count: float, seconds: float) -> float | None:
     return count / seconds
 
 
-def format_rate(rate: float | None, unmeasured: str = "too fast to measure") -> str:
-    """A rate for a report table: whole units, or ``unmeasured`` when it is ``None``."""
-    return unmeasured if rate is None else f"{rate:.0f}"
+def format_rate(rate: float | None, unit: str = "", unmeasured: str = "too fast to measure") -> str:
+    """A rate in whole units followed by ``unit``, or ``unmeasured`` (no unit) for None."""
+    return unmeasured if rate is None else f"{rate:.0f}{unit}"
