@@ -115,6 +115,7 @@ def test_train_forget_learn_and_read_on_a_cluster(cstore: Store, cluster) -> Non
         assert receipt.status is ReceiptStatus.APPLIED and receipt.version == 2
 
 
+@pytest.mark.broker  # a worker process over the session's broker: not the Redis-only tier
 def test_a_worker_runs_on_the_cluster(cluster, services, tmp_path) -> None:
     """`unlearn worker` with UNLEARN_REDIS_CLUSTER: a subject's deletion is applied."""
     tag = f"cl_{uuid.uuid4().hex[:6]}"
