@@ -358,7 +358,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
             results: dict[str, Any] = {}
             for phase, worker_settings in phases.items():
                 ids = _train(store, phase, X, y)
-                logs = Path(f"/tmp/{tag}{phase}-worker.log")
+                logs = Path(tempfile.gettempdir()) / f"{tag}{phase}-worker.log"
                 worker = partial(
                     _worker, found.kafka_bootstrap, found.redis_url, tag, logs, **worker_settings
                 )

@@ -185,7 +185,6 @@ def test_bad_input_is_refused_with_the_value(services: EmbeddedServices, namespa
         ServedModel(services.redis_url, "no spaces", namespace=namespace)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_a_forked_worker_process_follows_new_versions(
     services: EmbeddedServices, store: Store, namespace: str
 ) -> None:
