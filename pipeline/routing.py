@@ -182,7 +182,7 @@ def model_ops(by_model: dict[str, list[Forget]], max_bytes: int) -> list[ModelOp
     Parameters
     ----------
     by_model : dict of str to list of Forget
-        The routing of a batch (:meth:`~pipeline.applier.Applier.route`); every
+        The routing of a batch (:meth:`Router.route`); every
         ``Forget`` carries the message it was decoded from.
     max_bytes : int
         The size limit of an event (``UNLEARN_MAX_EVENT_BYTES``); a single request is
