@@ -193,6 +193,15 @@ class Metrics:
         self.audit_version = model_gauge(
             "unlearn_audit_version", "Version examined by the model's last stored audit."
         )
+        self.audit_gap = Gauge(
+            "unlearn_audit_gap",
+            "Figures of the model's last stored audit against a retrained reference, each "
+            "judged within its tolerance: acc_err, acc_dis, worst_class_gap (accuracy, a "
+            "fraction) and loss_auc_gap, lira_auc_gap (membership-attack AUC, signed).",
+            ["model", "measure"],
+            registry=r,
+        )
+        self._audit_gaps: set[tuple[str, str]] = set()
 
     # -- what this process did ------------------------------------------------------
 
@@ -270,6 +279,22 @@ class Metrics:
             self.audit_verdict.labels(model, part.part).set(code[part.verdict])
         self.audit_verdict.labels(model, "overall").set(code[report.verdict])
         self.audit_version.labels(model).set(report.version)
+        figures = {done.part: done.figures for done in report.parts}
+        wanted = {
+            "acc_err": ("disparity", "acc_err"),
+            "acc_dis": ("disparity", "acc_dis"),
+            "worst_class_gap": ("disparity", "worst_class_gap"),
+            "loss_auc_gap": ("membership", "gap"),
+            "lira_auc_gap": ("membership", "lira_gap"),
+        }
+        for measure, (where, name) in wanted.items():
+            value = figures.get(where, {}).get(name)
+            if isinstance(value, int | float):
+                self.audit_gap.labels(model, measure).set(value)
+                self._audit_gaps.add((model, measure))
+            elif (model, measure) in self._audit_gaps:  # not measured this time: no stale value
+                self.audit_gap.remove(model, measure)
+                self._audit_gaps.discard((model, measure))
 
     def refresh_models(self, store: Store) -> None:
         """Read every model's current metadata, open deletions and last audit from Redis."""

@@ -613,6 +613,14 @@ def audit_command(
         typer.Option("--request", help="Also audit this deletion request, in every model."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            "--reference",
+            help="Also refit a reference model from the stored records and compare accuracy "
+            "overall and per class (disparity; a full refit, the slow part).",
+        ),
+    ] = False,
     broker: Annotated[
         bool,
         typer.Option(
@@ -624,8 +632,9 @@ def audit_command(
     """Check MODEL's current version from stored state: certificate, integrity, erasure.
 
     Recomputes the certificate from the stored records, compares the published coefficients
-    with the checkpoint, and with --request checks that the request's data is gone. Stores
-    the report with the version. Exit status 0: passed; 1: a check failed.
+    with the checkpoint, with --request checks that the request's data is gone, and with
+    --reference compares per-class accuracy with a model refitted from the stored records.
+    Stores the report with the version. Exit status 0: passed; 1: a check failed.
     """
     from pipeline.audit import audit
 
@@ -638,6 +647,7 @@ def audit_command(
             bootstrap=found.kafka_bootstrap if request is not None and broker else None,
             topic_prefix=settings.topic_prefix,
             kafka_config=settings.kafka_config(),
+            reference=reference,
         )
     if as_json:
         sys.stdout.write(report.to_json() + "\n")

@@ -69,6 +69,7 @@ def test_an_untampered_model_passes_after_deletions(store: Store, model: str) ->
     assert first.version == 1 and first.verdict == "pass"
     assert first.part("erasure").verdict == "skipped"  # no request named
     assert first.part("membership").verdict == "skipped"  # no erased features given
+    assert first.part("disparity").verdict == "skipped"  # no reference asked for
 
     request = DeletionRequested(request_id="req-1", subject_id="s7", record_ids=["r10", "r11"])
     out = erase(store, model, request)
@@ -102,6 +103,40 @@ def test_the_membership_part_compares_with_a_model_refitted_from_the_store(
     assert part.verdict == "pass", part.to_dict()
     assert part.figures["n_erased"] == len(gone) and part.figures["n_unseen"] == 120  # holdout
     assert abs(part.figures["gap"]) <= 0.02
+    # LiRA's shadows are drawn from the held records, its targets are every erased and
+    # never-seen record here (fewer than max_targets)
+    assert {f.check: f.ok for f in part.findings} == {"loss_threshold": True, "lira": True}
+    assert part.figures["lira_targets"] == [len(gone), 120]
+    assert abs(part.figures["lira_gap"]) <= 0.02
+    # the erased records also give the disparity part its AccDis
+    disparity = report.part("disparity")
+    assert disparity.verdict == "pass", disparity.to_dict()
+    assert disparity.figures["n_erased"] == len(gone) and disparity.figures["acc_dis"] <= 0.02
+
+
+def test_the_disparity_part_compares_with_a_reference_refitted_from_the_store(
+    store: Store, model: str
+) -> None:
+    """``reference=True`` (``unlearn audit --reference``): per-class holdout accuracy of
+    the published version against a refit; a class whose coefficients were damaged after
+    publication is named (and integrity fails too)."""
+    erase(store, model, DeletionRequested(request_id="req-d", subject_id="s4"))
+    report = audit(store, model, reference=True)
+    part = report.part("disparity")
+    assert part.verdict == "pass", part.to_dict()
+    assert part.figures["acc_err"] <= 0.02 and len(part.figures["classes"]) == 10
+    assert checks(report, "disparity")["acc_dis"] is None  # the erased features are gone
+
+    key = store.keys.version(model, 2)
+    meta = json.loads(store.client.hget(key, "meta"))
+    intercept = np.frombuffer(store.client.hget(key, "intercept"), dtype="<f8").copy()
+    assert len(intercept) == meta["coef_spec"]["shape"][0] == 10
+    intercept[6] -= 50.0  # class 6 is never predicted again
+    store.client.hset(key, "intercept", encode_array(intercept)[0])
+    report = audit(store, model, reference=True)
+    assert checks(report, "disparity")["class_accuracy"] is False
+    assert "'6'" in report.part("disparity").failures[-1].detail
+    assert checks(report, "integrity")["coefficients"] is False
 
 
 def test_erased_features_written_back_fail_the_erasure_audit(
@@ -227,6 +262,13 @@ def test_the_metrics_show_the_last_stored_audit(store: Store, model: str) -> Non
     assert value("unlearn_audit_verdict", {"model": model, "part": "overall"}) == 1.0
     assert value("unlearn_audit_verdict", {"model": model, "part": "erasure"}) == -1.0
     assert value("unlearn_audit_version", {"model": model}) == 1.0
+    assert value("unlearn_audit_gap", {"model": model, "measure": "acc_err"}) is None
+
+    audit(store, model, reference=True)  # the disparity figures join the gauges
+    metrics.refresh_models(store)
+    assert value("unlearn_audit_verdict", {"model": model, "part": "disparity"}) == 1.0
+    assert value("unlearn_audit_gap", {"model": model, "measure": "acc_err"}) == 0.0
+    assert value("unlearn_audit_gap", {"model": model, "measure": "worst_class_gap"}) == 0.0
 
 
 def test_the_cli_prints_the_report_and_exits_1_on_a_failed_audit(
@@ -251,6 +293,10 @@ def test_the_cli_prints_the_report_and_exits_1_on_a_failed_audit(
     assert report["verdict"] == "pass" and report["version"] == 2
     shown = run(model)
     assert shown.returncode == 0 and "certificate" in shown.stdout and "pass" in shown.stdout
+    compared = run(model, "--reference", "--json")
+    assert compared.returncode == 0, compared.stderr
+    parts = {p["part"]: p for p in json.loads(compared.stdout)["parts"]}
+    assert parts["disparity"]["verdict"] == "pass" and "acc_err" in parts["disparity"]["figures"]
 
     store.client.hset(store.keys.version(model, 2), "intercept", encode_array(np.zeros(10))[0])
     failed = run(model)
