@@ -224,7 +224,12 @@ def load_report(store: Store, model_id: str, version: int) -> AuditReport | None
 
 
 def latest_report(store: Store, model_id: str) -> AuditReport | None:
-    """The report of the newest audited version of a model, or None."""
-    client: Any = store.client
-    fields = [int(f) for f in client.hkeys(store.keys.audits(model_id))]
-    return load_report(store, model_id, max(fields)) if fields else None
+    """The report of the newest audited version of a model, or None.
+
+    One ``HGETALL`` (a report per held version): a command the reader role may send.
+    """
+    raw: Any = store.client.hgetall(store.keys.audits(model_id))
+    if not raw:
+        return None
+    newest = max(raw, key=int)
+    return AuditReport.from_dict(json.loads(raw[newest]))

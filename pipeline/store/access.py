@@ -6,9 +6,10 @@ it. So the pipeline's state is reached through two Redis users, not one:
 
 ``reader``
     Serving teams and privacy officers: :class:`~pipeline.sdk.ModelClient`'s ``get``,
-    ``history``, ``watch`` and ``receipt``. Keys: the ``current`` alias, version hashes
-    (coefficients and metadata), the versions zset, the publication stream, receipts, the
-    request index and the model index (:meth:`KeySpace.reader_key_patterns`); channels:
+    ``history``, ``watch`` and ``receipt``, and the stored audit reports
+    (:func:`pipeline.audit.load_report`, ``latest_report``). Keys: the ``current`` alias,
+    version hashes (coefficients and metadata), the versions zset, the publication stream,
+    receipts, the request index, the model index and the audit reports (:meth:`KeySpace.reader_key_patterns`); channels:
     the publication channel. Commands: only the read commands those calls send
     (:data:`READER_COMMANDS`), no write, no ``@dangerous`` (no ``SCAN``/``KEYS`` either,
     which would list every key name). Never checkpoints, training records, subject
@@ -30,7 +31,8 @@ file shows it.
 
 A key name carries a record id verbatim (``rec:<record_id>``) and Redis globs cannot
 exclude a character, so a record id that contains ``}:current``, ``}:versions``,
-``}:events``, ``}:v:`` or ``}:rcpt:`` would make that record readable by the reader.
+``}:events``, ``}:v:``, ``}:rcpt:`` or ``}:audits`` would make that record readable by the
+reader.
 Checkpoints, the holdout, subject indexes and retrain state have no free-text part and
 never match a reader pattern.
 """
@@ -70,8 +72,8 @@ MIN_PASSWORD_LENGTH = 16
 
 READER_COMMANDS: tuple[str, ...] = (
     "get",  # current alias, receipts
-    "hget",  # a version's metadata (history, metadata)
-    "hgetall",  # a version's coefficients and metadata (get, watch)
+    "hget",  # a version's metadata (history, metadata), one audit report
+    "hgetall",  # a version's coefficients and metadata (get, watch), the audit reports
     "zrevrange",  # history
     "zrangebyscore",  # watch: versions after the last one yielded
     "smembers",  # request index (receipt), model index

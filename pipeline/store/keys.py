@@ -199,7 +199,8 @@ class KeySpace:
 
         ``ModelClient.get``/``history``/``watch``/``receipt`` read the ``current`` alias,
         version hashes, the versions zset, the publication stream, receipts, the request
-        index and the model index. Never checkpoints (they hold the secret perturbation
+        index and the model index; a privacy officer reads the stored audit reports
+        (:func:`pipeline.audit.latest_report`). Never checkpoints (they hold the secret perturbation
         ``b``), training records, subject indexes, the holdout or retrain state.
 
         Returns
@@ -218,6 +219,7 @@ class KeySpace:
             glob.receipt(_ANY, _ANY),
             glob.request_models(_ANY),
             glob.model_index(),
+            glob.audits(_ANY),
         )
 
     def reader_channel_patterns(self) -> tuple[str, ...]:

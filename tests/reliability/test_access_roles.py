@@ -9,8 +9,8 @@ The writer trains a model (``train_model``) and deletes a subject with the worke
 Proved: the reader does everything ``ModelClient`` does (``get``, ``history``, ``watch``
 woken by a publication while blocked in ``XREAD``, ``receipt``), subscribes to the
 publication channel and lists the models, and Redis refuses it nothing else on the way
-(``ACL LOG``); the reader gets ``NOPERM`` on the checkpoint (which holds ``B``), a record,
-the record set, a subject index, the holdout and retrain state, on any write, on listing
+(``ACL LOG``); the reader reads the stored audit reports; it gets ``NOPERM`` on the
+checkpoint (which holds ``B``), a record, the record set, a subject index, the holdout and retrain state, on any write, on listing
 keys, and on dangerous commands; the writer reads and writes all of the namespace but no
 dangerous command; neither reaches a key or channel outside the namespace, even one whose
 name starts like it; ``unlearn access`` creates the users from password files (never the
@@ -38,6 +38,7 @@ import redis
 from sklearn.datasets import load_digits
 
 from pipeline.applier import Applier, Forget
+from pipeline.audit import audit, latest_report, load_report
 from pipeline.embedded import EmbeddedRedis
 from pipeline.events import DeletionRequested
 from pipeline.routing import Router
@@ -255,6 +256,31 @@ def test_the_reader_cannot_read_the_noise_records_or_subjects(roles) -> None:
     ):
         with pytest.raises(NoPerm, match="command"):
             reader.execute_command(*command)
+
+
+def test_the_reader_reads_the_stored_audit_reports_and_nothing_they_were_made_from(
+    roles,
+) -> None:
+    """A privacy officer with the reader role reads what ``unlearn audit`` stored, with the
+    commands ``latest_report`` and ``load_report`` send, while the checkpoint (b), the
+    records and the holdout the audit read stay refused."""
+    r = roles
+    report = audit(r.store, MODEL)  # the writer audits and stores the report
+    r.admin.execute_command("ACL", "LOG", "RESET")
+    as_reader = Store.from_url(r.url, r.ns, username=r.reader.name, password=r.pw["reader"])
+    try:
+        latest = latest_report(as_reader, MODEL)
+        assert latest is not None and latest.to_dict() == report.to_dict()
+        stored = load_report(as_reader, MODEL, report.version)
+        assert stored is not None and stored.verdict == report.verdict
+    finally:
+        as_reader.close()
+    assert set(_acl_denials(r.admin, r.reader.name)) <= {"command:client"}
+    reader = r.connect(r.reader)
+    forbidden = _reader_forbidden_keys(r)
+    for name in ("checkpoint", "checkpoint field B", "record", "record set", "holdout"):
+        with pytest.raises(NoPerm, match="keys"):
+            reader.execute_command(*forbidden[name])
 
 
 def test_the_reader_writes_nothing(roles) -> None:
