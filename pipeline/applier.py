@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -518,24 +517,12 @@ class Applier:
             return None
         self._triggered[model_id] = time.monotonic()
         log.info("model %r: retrain triggered (%s) at seq %d", model_id, reason, seq)
-        return RetrainRequested(
-            event_id=uuid.uuid4().hex,
-            model_id=model_id,
-            reason=reason,
-            snapshot_seq=seq,
-            ts=_now(),
-        )
+        return RetrainRequested.new(model_id, reason, seq)
 
     def request_retrain(self, model_id: str, reason: RetrainReason) -> RetrainRequested:
         """A ``RetrainRequested`` for a scheduled or operator retrain of ``model_id``."""
         seq = self.store.models.applied_seq(model_id) or 0
-        return RetrainRequested(
-            event_id=uuid.uuid4().hex,
-            model_id=model_id,
-            reason=reason,
-            snapshot_seq=seq,
-            ts=_now(),
-        )
+        return RetrainRequested.new(model_id, reason, seq)
 
     # ---- loading -----------------------------------------------------------------------
     def _load(self, model_id: str) -> _Loaded:

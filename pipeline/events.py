@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, Self, TypeVar, overload
@@ -53,6 +54,7 @@ __all__ = [
     "ReceiptStatus",
     "RecordAdded",
     "RetrainCompleted",
+    "RetrainReason",
     "RetrainRequested",
     "RoutedRequest",
     "decode_event",
@@ -216,16 +218,33 @@ class ModelPublished(Event):
     holdout_metrics: dict[str, float] = Field(default_factory=dict)
 
 
+#: Why a retrain was asked for: a trigger of :class:`~pipeline.policy.RetrainPolicy`, the
+#: cron schedule, or an operator.
+RetrainReason = Literal[
+    "budget", "accuracy", "class_accuracy", "deleted_fraction", "schedule", "operator"
+]
+
+
 class RetrainRequested(Event):
     """Ask the retrainer for a full fit on the snapshot at ``snapshot_seq``."""
 
     type: Literal["RetrainRequested"] = "RetrainRequested"
     event_id: Id
     model_id: ModelId
-    reason: Literal[
-        "budget", "accuracy", "class_accuracy", "deleted_fraction", "schedule", "operator"
-    ]
+    reason: RetrainReason
     snapshot_seq: int = Field(ge=0)
+
+    @classmethod
+    def new(cls, model_id: str, reason: RetrainReason, snapshot_seq: int) -> RetrainRequested:
+        """A fresh request, the one way the pipeline makes one (worker triggers, the
+        schedule, ``unlearn retrain``): event id ``<reason>-<uuid4 hex>``, event time now."""
+        return cls(
+            event_id=f"{reason}-{uuid.uuid4().hex}",
+            model_id=model_id,
+            reason=reason,
+            snapshot_seq=snapshot_seq,
+            ts=_utcnow(),
+        )
 
 
 class RetrainCompleted(Event):

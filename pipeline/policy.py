@@ -36,17 +36,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from croniter import croniter
 
 from pipeline.errors import ConfigError
+from pipeline.events import RetrainReason  # the reasons a RetrainRequested carries
 
 __all__ = ["FitBaseline", "ModelHealth", "RetrainPolicy", "RetrainReason", "Schedule"]
-
-RetrainReason = Literal[
-    "budget", "accuracy", "class_accuracy", "deleted_fraction", "schedule", "operator"
-]
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -56,13 +54,7 @@ def request_retrain(
     client_config: dict[str, Any] | None = None,
 ) -> RetrainRequested:
     """Publish a ``RetrainRequested`` for ``model_id`` and wait for the broker's ack."""
-    event = RetrainRequested(
-        event_id=f"{reason}-{uuid.uuid4().hex}",
-        model_id=model_id,
-        reason=reason,
-        snapshot_seq=seq,
-        ts=datetime.now(UTC),
-    )
+    event = RetrainRequested.new(model_id, reason, seq)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **(client_config or {}))
     try:
         producer.send(topics.retrain, key=model_id.encode(), value=encode_event(event)).get(

@@ -320,3 +320,11 @@ def test_a_receipt_built_from_the_longest_ids_is_valid():
         due_at=datetime.now(UTC),
     )
     assert decode_event(encode_event(rcpt)) == rcpt
+
+
+def test_a_retrain_request_has_one_constructor():
+    first = RetrainRequested.new("churn", "budget", 40)
+    second = RetrainRequested.new("churn", "budget", 40)
+    assert (first.model_id, first.reason, first.snapshot_seq) == ("churn", "budget", 40)
+    assert first.event_id.startswith("budget-") and first.event_id != second.event_id
+    assert decode_event(encode_event(first)) == first
