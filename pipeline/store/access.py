@@ -5,15 +5,14 @@ Each engine checkpoint holds the secret perturbation ``b`` of Guo et al.'s objec
 it. So the pipeline's state is reached through two Redis users, not one:
 
 ``reader``
-    Serving teams and privacy officers: :class:`~pipeline.sdk.ModelClient`'s ``get``,
-    ``history``, ``watch`` and ``receipt``, and the stored audit reports
-    (:func:`pipeline.audit.load_report`, ``latest_report``). Keys: the ``current`` alias,
-    version hashes (coefficients and metadata), the versions zset, the publication stream,
-    receipts, the request index, the model index and the audit reports (:meth:`KeySpace.reader_key_patterns`); channels:
-    the publication channel. Commands: only the read commands those calls send
-    (:data:`READER_COMMANDS`), no write, no ``@dangerous`` (no ``SCAN``/``KEYS`` either,
-    which would list every key name). Never checkpoints, training records, subject
-    indexes, the holdout or retrain state.
+    Serving teams and privacy officers: :class:`~pipeline.sdk.ModelClient`'s ``get``, ``history``,
+    ``watch`` and ``receipt``, and the stored audit reports (:func:`pipeline.audit.load_report`,
+    ``latest_report``). Keys: the ``current`` alias, version hashes (coefficients and metadata), the
+    versions zset, the publication stream, receipts, the request index, the model index and the
+    audit reports (:meth:`KeySpace.reader_key_patterns`); channels: the publication channel.
+    Commands: only the read commands those calls send (:data:`READER_COMMANDS`), no write, no
+    ``@dangerous`` (no ``SCAN``/``KEYS`` either, which would list every key name). Never
+    checkpoints, training records, subject indexes, the holdout or retrain state.
 ``writer``
     The worker, the retrainer and the ``unlearn train``/``delete``/``retrain`` CLI: every
     key and channel under the namespace, every command but ``@dangerous``.

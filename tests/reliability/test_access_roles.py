@@ -6,17 +6,16 @@ rules (``setup_users``, ``unlearn access setup`` / ``rules``), never by a copy o
 The writer trains a model (``train_model``) and deletes a subject with the worker's logic
 (:class:`pipeline.applier.Applier`, in process: no broker).
 
-Proved: the reader does everything ``ModelClient`` does (``get``, ``history``, ``watch``
-woken by a publication while blocked in ``XREAD``, ``receipt``), subscribes to the
-publication channel and lists the models, and Redis refuses it nothing else on the way
-(``ACL LOG``); the reader reads the stored audit reports; it gets ``NOPERM`` on the
-checkpoint (which holds ``B``), a record, the record set, a subject index, the holdout and retrain state, on any write, on listing
-keys, and on dangerous commands; the writer reads and writes all of the namespace but no
-dangerous command; neither reaches a key or channel outside the namespace, even one whose
-name starts like it; ``unlearn access`` creates the users from password files (never the
-command line), says whether they survive a restart, saves them to an ACL file that Redis
-loads after a restart, and fails in one line without a traceback on a bad file, a short
-password, or a non-admin.
+Proved: the reader does everything ``ModelClient`` does (``get``, ``history``, ``watch`` woken by a
+publication while blocked in ``XREAD``, ``receipt``), subscribes to the publication channel and
+lists the models, and Redis refuses it nothing else on the way (``ACL LOG``); the reader reads the
+stored audit reports; it gets ``NOPERM`` on the checkpoint (which holds ``B``), a record, the record
+set, a subject index, the holdout and retrain state, on any write, on listing keys, and on dangerous
+commands; the writer reads and writes all of the namespace but no dangerous command; neither reaches
+a key or channel outside the namespace, even one whose name starts like it; ``unlearn access``
+creates the users from password files (never the command line), says whether they survive a restart,
+saves them to an ACL file that Redis loads after a restart, and fails in one line without a
+traceback on a bad file, a short password, or a non-admin.
 """
 
 from __future__ import annotations
