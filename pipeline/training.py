@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,7 +56,8 @@ __all__ = [
 ]
 
 Engine = LogisticUnlearner | RidgeUnlearner
-Kind = Literal["logistic", "ridge"]
+#: A model kind's name, one of :data:`pipeline.unlearning.kinds.KINDS`.
+Kind = str
 """A model kind's name in the registry (:data:`pipeline.unlearning.kinds.KINDS`), as a
 published version records it."""
 
@@ -254,7 +255,7 @@ def build_engine(kind: Kind, **params: Any) -> Engine:
 
 def engine_kind(engine: Engine) -> Kind:
     """The registry name of an engine's kind."""
-    return cast("Kind", kind_of(engine).name)
+    return kind_of(engine).name
 
 
 def holdout_score(engine: Engine, holdout: Holdout | None) -> dict[str, float]:
@@ -357,7 +358,8 @@ def train_model(
     model_id : str
         Must not exist yet.
     table : Table
-    kind : {"logistic", "ridge"}
+    kind : str
+        A model kind of :data:`pipeline.unlearning.kinds.KINDS` (logistic or ridge).
     holdout : float
         Fraction of rows kept apart for the retrain policy's accuracy check (0: none).
     seed : int, optional

@@ -9,7 +9,8 @@ exhausts the budget and costs a full retrain. Nothing in the certificate tells a
 which they got, so:
 
 * :func:`baselines` puts the published model next to scikit-learn's uncertified default
-  (``LogisticRegression()`` / ``Ridge()``) and the majority class on the same split;
+  (the kind's ``baseline`` in :mod:`pipeline.unlearning.kinds`: ``LogisticRegression()`` /
+  ``Ridge()``) and, for a classifier, the majority class on the same split;
 * :func:`lam_frontier` fits each candidate ``lambda`` on part of the training rows and
   reports its validation accuracy, its budget and how many removals its certificate
   supports before it recommends a retrain, measured by removing random training rows one
@@ -28,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import InvalidInput
-from pipeline.unlearning import LogisticUnlearner
+from pipeline.unlearning.kinds import kind_named
 
 __all__ = ["Baselines", "LamCandidate", "baselines", "choose_lam", "lam_frontier"]
 
@@ -59,17 +60,14 @@ def baselines(
     X_holdout: NDArray[np.float64],
     y_holdout: NDArray[Any],
 ) -> Baselines:
-    """scikit-learn's default and the majority class, scored on the holdout."""
-    if kind == "logistic":
-        from sklearn.linear_model import LogisticRegression
-
-        model = LogisticRegression(max_iter=1000).fit(X_train, y_train)
+    """scikit-learn's default and (a classifier) the majority class, scored on the holdout."""
+    entry = kind_named(kind)
+    model = entry.baseline().fit(X_train, y_train)
+    majority = None
+    if entry.classifier:
         labels, counts = np.unique(y_train, return_counts=True)
         majority = float(np.mean(y_holdout == labels[np.argmax(counts)]))
-        return Baselines(float(model.score(X_holdout, y_holdout)), majority)
-    from sklearn.linear_model import Ridge
-
-    return Baselines(float(Ridge().fit(X_train, y_train).score(X_holdout, y_holdout)), None)
+    return Baselines(float(model.score(X_holdout, y_holdout)), majority)
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,7 @@ def lam_frontier(
     batch: int = 1,
     certificate: str = "bound",
     seed: int = 0,
+    kind: str = "logistic",
 ) -> list[LamCandidate]:
     """Each candidate ``lambda``'s validation accuracy, budget and supported removals.
 
@@ -131,6 +130,9 @@ def lam_frontier(
         The certificate the count is measured under (default Guo's accumulated bound).
     seed : int
         Seed of the split and of the removal order (not of the perturbation ``b``).
+    kind : str
+        The model kind (:mod:`pipeline.unlearning.kinds`); it must take ``lam`` and
+        ``certificate``. ``accuracy`` is then the kind's score.
     """
     if not 0 < validation < 1:
         msg = f"validation={validation}: give a fraction in (0, 1)"
@@ -143,7 +145,9 @@ def lam_frontier(
     cap = min(int(max_removed * len(fit)), max_count)
     out = []
     for lam in lams:
-        engine = LogisticUnlearner(**{**(params or {}), "lam": lam, "certificate": certificate})
+        engine = kind_named(kind).build(
+            **{**(params or {}), "lam": lam, "certificate": certificate}
+        )
         engine.fit(X[fit], y[fit], ids=[int(i) for i in fit])
         accuracy = float(engine.score(X[val], y[val]))
         removed, capped = 0, True

@@ -248,8 +248,9 @@ def train(
     hold, rows = split_rows(len(table), holdout, split_seed)
     from pipeline.unlearning.kinds import kind_named
 
+    entry = kind_named(kind)
     options = {
-        "lam": _lam(lam) if kind == "logistic" else None,
+        "lam": _lam(lam) if "lam" in entry.params() else None,
         "alpha": alpha,
         "sigma": sigma,
         "epsilon": epsilon,
@@ -257,9 +258,9 @@ def train(
         "seed": seed,
         "fit_intercept": fit_intercept,
     }
-    params: dict[str, Any] = kind_named(kind).select(options)
+    params: dict[str, Any] = entry.select(options)
     if "lam" in params and params["lam"] is None:
-        params["lam"] = _choose_lam(table.X[rows], table.y[rows], params, min_removals)
+        params["lam"] = _choose_lam(kind, table.X[rows], table.y[rows], params, min_removals)
     settings = load_settings()
     with _services(settings) as found, _store(settings, found) as store:
         engine, result = train_model(
@@ -298,11 +299,11 @@ def _lam(text: str) -> float | None:
     return value
 
 
-def _choose_lam(X: Any, y: Any, params: dict[str, Any], min_removals: int) -> float:
+def _choose_lam(kind: str, X: Any, y: Any, params: dict[str, Any], min_removals: int) -> float:
     from pipeline.tuning import choose_lam, lam_frontier
 
     others = {k: v for k, v in params.items() if k != "lam"}
-    frontier = lam_frontier(X, y, params=others)
+    frontier = lam_frontier(X, y, params=others, kind=kind)
     table = Table(title="--lam auto: the price of certification (validation rows)")
     for col in ("lambda", "accuracy", "budget", "removals supported"):
         table.add_column(col)
@@ -326,9 +327,10 @@ def _compare_with_baselines(
 ) -> None:
     """The published model next to scikit-learn's default and the majority class."""
     from pipeline.tuning import baselines
+    from pipeline.unlearning.kinds import kind_named
 
     ref = baselines(kind, table.X[rows], table.y[rows], table.X[hold], table.y[hold])
-    name = "accuracy" if kind == "logistic" else "r2"
+    name = kind_named(kind).score
     line = f"uncertified scikit-learn default on the same split: {name} {ref.sklearn:.4f}"
     if ref.majority is not None:
         line += f"; majority class {ref.majority:.4f}"

@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pipeline.errors import InvalidInput
 from pipeline.federated.errors import FederatedError
-from pipeline.federated.logistic import FederatedLogistic
-from pipeline.federated.ridge import FederatedRidge
 from pipeline.federated.server import FederatedServer
 from pipeline.federated.statistics import RoundRequest
 from pipeline.store import Store
+from pipeline.unlearning.kinds import KINDS
 
 __all__ = ["FederationBoard", "FederationSpec", "PostedRound"]
-
-_LOGISTIC_PARAMS = {"lam", "sigma", "epsilon", "delta", "seed", "tol", "max_rounds"}
-_LOGISTIC_PARAMS |= {"release_below", "curvature_at_release"}
-_RIDGE_PARAMS = {"alpha", "fit_intercept", "sigma", "epsilon", "delta", "seed", "tol"}
 
 
 @dataclass(frozen=True)
@@ -47,20 +42,25 @@ class FederationSpec:
     Attributes
     ----------
     model_id : str
-    kind : {"logistic", "ridge"}
+    kind : str
+        A model kind with a federated server (:mod:`pipeline.unlearning.kinds`): logistic or
+        ridge.
     n_features : int
     members : list of str
         Client ids; every one must report in every round.
     classes : list, optional
-        Logistic only: every class the model predicts.
+        A classifier only (logistic): every class the model predicts.
     params : dict
-        Hyperparameters of :class:`FederatedLogistic` (``lam``, ``sigma``, ``epsilon``,
+        Hyperparameters of the kind's server
+        (:meth:`~pipeline.federated.server.FederatedServer.stream_params`):
+        :class:`~pipeline.federated.FederatedLogistic` (``lam``, ``sigma``, ``epsilon``,
         ``delta``, ``seed``, ``tol``, ``max_rounds``, ``release_below``) or
-        :class:`FederatedRidge` (``alpha``, ``fit_intercept``, ``sigma``, ...).
+        :class:`~pipeline.federated.FederatedRidge` (``alpha``, ``fit_intercept``,
+        ``sigma``, ...).
     """
 
     model_id: str
-    kind: Literal["logistic", "ridge"]
+    kind: str
     n_features: int
     members: list[str]
     classes: list[Any] | None = None
@@ -68,21 +68,23 @@ class FederationSpec:
 
     def server(self) -> FederatedServer:
         """A fresh server for this federation (raises on unknown parameters)."""
-        allowed = _LOGISTIC_PARAMS if self.kind == "logistic" else _RIDGE_PARAMS
+        kind = KINDS.get(self.kind)
+        server: type[FederatedServer] | None = None
+        if kind is not None and kind.federated is not None:
+            server = kind.federated_server()
+        allowed = set(server.stream_params()) if server is not None else set()
         unknown = sorted(set(self.params) - allowed)
-        if unknown or self.kind not in ("logistic", "ridge") or not self.members:
+        if unknown or server is None or not self.members:
             msg = (
                 f"federation {self.model_id!r}: kind {self.kind!r}, members {self.members!r}, "
                 f"unknown parameters {unknown!r} (allowed: {sorted(allowed)})"
             )
             raise InvalidInput(msg)
-        if self.kind == "ridge":
-            return FederatedRidge(self.n_features, **self.params)
-        if self.classes is None:
-            msg = f"federation {self.model_id!r}: a logistic federation needs its classes"
+        assert kind is not None
+        if kind.classifier and self.classes is None:
+            msg = f"federation {self.model_id!r}: a {self.kind} federation needs its classes"
             raise InvalidInput(msg)
-        # schema-1 ClientStats always carry a Hessian: take it every round (plain Newton)
-        return FederatedLogistic(self.classes, self.n_features, refresh_above=0.0, **self.params)
+        return server.for_federation(self.n_features, self.classes, self.params)
 
     def to_json(self) -> str:
         return json.dumps(

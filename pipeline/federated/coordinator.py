@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from pipeline.applier import Outcome
 from pipeline.errors import SchemaError, UnknownClass, UnknownModel
 from pipeline.events import (
@@ -51,13 +49,12 @@ from pipeline.events import (
 )
 from pipeline.federated.board import FederationBoard, FederationSpec
 from pipeline.federated.errors import FederatedError, UnknownClient
-from pipeline.federated.logistic import FederatedLogistic
-from pipeline.federated.ridge import FederatedRidge
 from pipeline.federated.server import FederatedServer
 from pipeline.federated.statistics import ClientStatistics
 from pipeline.intake import Message, Rejected, oversized, rejection_reason
 from pipeline.store import Store
 from pipeline.store.versions import ModelSpec
+from pipeline.unlearning.kinds import kind_named
 
 __all__ = ["FEDERATED_EVENTS", "FederatedCoordinator", "decode_federated"]
 
@@ -269,10 +266,7 @@ class FederatedCoordinator:
                     gone = ev.client_id in fed.removed_clients
                     if not gone:
                         server.remove_client(ev.client_id)
-                elif not isinstance(server, FederatedLogistic):
-                    msg = f"{ev.model_id!r} is a ridge federation: it has no classes to remove"
-                    raise FederatedError(msg)
-                else:
+                else:  # a regressor's server raises: it has no classes to remove
                     gone = ev.class_label in fed.removed_classes
                     if not gone:
                         server.remove_class(ev.class_label, class_rows=False)
@@ -309,13 +303,8 @@ class FederatedCoordinator:
         """Publish the server's released model (and the receipt of the removal it ends)."""
         server, spec, model_id = fed.server, fed.spec, fed.spec.model_id
         report = server.last_report(time.perf_counter() - fed.started if fed.active else 0.0)
-        intercept: Any
-        if isinstance(server, FederatedRidge):
-            W, intercept, classes = server.coef_, server.intercept_, None
-        else:
-            assert isinstance(server, FederatedLogistic)
-            W, classes = server.coef_, server.classes_.tolist()
-            intercept = np.zeros(W.shape[0]) if W.ndim == 2 else 0.0
+        W, intercept = server.coef_, server.intercept_
+        classes = kind_named(spec.kind).classes(server)
         seq = (self.store.models.applied_seq(model_id) or 0) + 1
         extra = {
             "federated": {

@@ -22,6 +22,18 @@ Removing a class k (:meth:`FederatedLogistic.forget_class`) drops problem k and 
 of b, and takes the class-k rows (negatives of every other problem) out of the remaining
 problems, from the class-k contributions the clients report; afterwards the model predicts
 only the remaining classes.
+
+A client answers a round (:meth:`FederatedLogistic.client_statistics`) with, over its rows
+:math:`D_c` (labels :math:`y_{ik} = +1` when row i's label is problem k's class, else
+:math:`-1`; :math:`\ell(z) = \log(1 + e^{-z})`, Guo et al., eq. 2),
+
+.. math::
+
+    g_{ck} = \sum_{i \in D_c} -y_{ik}\,\sigma(-y_{ik} x_i^\top w_k)\,x_i, \qquad
+    H_{ck} = \sum_{i \in D_c} \sigma(x_i^\top \bar w_k)\,\sigma(-x_i^\top \bar w_k)\,x_i x_i^\top
+
+at ``O(n_c d K)`` for the gradient and ``O(n_c d^2 K)`` for the curvature (once, not K
+times, when every problem has the same curvature weights, as at w = 0).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -37,13 +49,25 @@ from numpy.typing import ArrayLike, NDArray
 from pipeline.errors import InvalidInput, UnknownClass
 from pipeline.federated.errors import FederatedError
 from pipeline.federated.server import Clients, FederatedServer
+from pipeline.federated.statistics import ClientStatistics, RoundRequest
 from pipeline.unlearning.base import check_features
-from pipeline.unlearning.loss import class_probabilities, predicted_index
+from pipeline.unlearning.loss import (
+    class_probabilities,
+    curvature_weights,
+    gradient_terms,
+    predicted_index,
+)
 from pipeline.unlearning.report import UpdateReport
 
 __all__ = ["FederatedLogistic"]
 
 Array = NDArray[np.float64]
+
+
+def _gram(X: Array, weights: Array) -> Array:
+    """``sum_i weights_i x_i x_i^T``, shape (d, d), as a symmetric rank-n update."""
+    scaled = X * np.sqrt(weights)[:, None]
+    return scaled.T @ scaled
 
 
 class FederatedLogistic(FederatedServer):
@@ -92,6 +116,8 @@ class FederatedLogistic(FederatedServer):
     """
 
     kind = "logistic"
+    # schema-1 ClientStats always carry a Hessian: take it every round (plain Newton)
+    _stream_fixed = {"refresh_above": 0.0}
 
     def __init__(
         self,
@@ -132,6 +158,44 @@ class FederatedLogistic(FederatedServer):
         self.lam = float(lam)
         self._ovr = cls_arr.size > 2
 
+    @classmethod
+    def build(cls, n_features: int, classes: Sequence[Any] | None, **params: Any) -> Self:
+        if classes is None:
+            msg = "a logistic federation needs its classes"
+            raise InvalidInput(msg)
+        return cls(classes, n_features, **params)
+
+    @staticmethod
+    def client_statistics(
+        client_id: str, X: Array, y: NDArray[Any], request: RoundRequest
+    ) -> ClientStatistics:
+        """The log-loss gradient (and curvature) sums of the module docstring."""
+        if request.problems is None:
+            msg = "a logistic round request must name its problems' classes"
+            raise InvalidInput(msg)
+        W = request.W
+        Y = np.where(y[:, None] == np.asarray(request.problems)[None, :], 1.0, -1.0)
+        G = gradient_terms(X @ W.T, Y).T @ X
+        H = None
+        if request.curvature:
+            at = W if request.curvature_at is None else request.curvature_at
+            C = curvature_weights(X @ at.T)
+            K, d = W.shape
+            H = np.empty((K, d, d))
+            if K > 1 and (C == C[:, :1]).all():  # e.g. at w = 0: one matrix for all problems
+                H[:] = _gram(X, C[:, 0])
+            else:
+                for k in range(K):
+                    H[k] = _gram(X, C[:, k])
+        return ClientStatistics(
+            client_id=client_id,
+            round=request.round,
+            n=int(X.shape[0]),
+            gradient=G,
+            hessian=H,
+            rows_label=request.rows_label,
+        )
+
     # -- the model's part of the protocol ------------------------------------------------
     @property
     def _shape(self) -> tuple[int, int]:
@@ -156,6 +220,11 @@ class FederatedLogistic(FederatedServer):
     def coef_(self) -> Array:
         W = self._W_released()
         return W.copy() if self._ovr else W[0].copy()
+
+    @property
+    def intercept_(self) -> Array | float:
+        """0: the federated logistic model has no intercept (shape () or (n_classes,))."""
+        return np.zeros(self.classes_.size) if self._ovr else 0.0
 
     def decision_function(self, X: ArrayLike) -> Array:
         """Margins, shape (n_samples,) for binary, (n_samples, n_classes) one-vs-rest."""

@@ -51,11 +51,12 @@ or two of fresh reports certify it.
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -100,6 +101,9 @@ class FederatedServer(ABC):
 
     kind: ModelKind
     _quadratic = False
+    #: Constructor parameters a streamed federation (:meth:`for_federation`) does not take
+    #: from its definition, with the value it uses instead.
+    _stream_fixed: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -145,7 +149,61 @@ class FederatedServer(ABC):
         self._removal = False
         self._n_before: int | None = None
 
+    # -- building one from a federation's definition ----------------------------------------
+    @classmethod
+    def stream_params(cls) -> tuple[str, ...]:
+        """The hyperparameters a federation's definition may set
+        (:class:`~pipeline.federated.board.FederationSpec` ``params``): the constructor's,
+        read from its signature, except ``classes``, ``n_features`` and those the stream
+        fixes."""
+        names = inspect.signature(cls.__init__).parameters
+        skip = {"self", "classes", "n_features", *cls._stream_fixed}
+        return tuple(name for name in names if name not in skip)
+
+    @classmethod
+    def for_federation(
+        cls, n_features: int, classes: Sequence[Any] | None, params: Mapping[str, Any]
+    ) -> Self:
+        """A fresh server for a federation's definition (``classes`` None for a regressor)."""
+        return cls.build(n_features, classes, **{**params, **cls._stream_fixed})
+
+    @classmethod
+    @abstractmethod
+    def build(cls, n_features: int, classes: Sequence[Any] | None, **params: Any) -> Self:
+        """A fresh server with these hyperparameters (``classes``: every class predicted,
+        or None for a regressor)."""
+
+    @staticmethod
+    @abstractmethod
+    def client_statistics(
+        client_id: str, X: Array, y: NDArray[Any], request: RoundRequest
+    ) -> ClientStatistics:
+        """One client's statistics for ``request``, from its rows that the request covers
+        (``X`` of shape (n, n_features), ``y`` of shape (n,)): the kind's loss gradient,
+        and curvature when asked, summed over the rows."""
+
     # -- what a model provides ------------------------------------------------------------
+    @property
+    @abstractmethod
+    def coef_(self) -> Array:
+        """The released coefficients, shape (n_features,) or (n_classes, n_features)."""
+
+    @property
+    @abstractmethod
+    def intercept_(self) -> Array | float:
+        """The released intercept, shape () or (n_classes,)."""
+
+    def remove_class(self, label: Any, *, class_rows: bool = True) -> None:
+        """Drop class ``label``'s problem (a classifier's server overrides this).
+
+        Raises
+        ------
+        FederatedError
+            This kind is a regressor: it has no classes to remove.
+        """
+        msg = f"a {self.kind} federation has no classes to remove"
+        raise FederatedError(msg)
+
     @property
     @abstractmethod
     def _shape(self) -> tuple[int, int]:

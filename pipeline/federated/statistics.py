@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,7 +39,9 @@ from pipeline.federated.errors import FederatedError
 __all__ = ["ClientStatistics", "ModelKind", "RoundRequest"]
 
 Array = NDArray[np.float64]
-ModelKind = Literal["logistic", "ridge"]
+#: A model kind's name (:data:`pipeline.unlearning.kinds.KINDS`) whose entry has a federated
+#: server.
+ModelKind = str
 
 
 def _plain(label: Any) -> Label | None:
@@ -59,8 +61,9 @@ class RoundRequest:
 
     Attributes
     ----------
-    kind : {"logistic", "ridge"}
-        The loss: logistic with labels in {-1, +1} per problem, or squared error.
+    kind : str
+        The model kind, whose federated server computes the statistics (the loss:
+        logistic with labels in {-1, +1} per problem, or ridge's squared error).
     round : int
         The round the answers must carry.
     W : ndarray of shape (n_problems, n_features)

@@ -1,6 +1,8 @@
 """A published model version as a scikit-learn-style predictor, for serving teams.
 
-The stored metadata says which kind of model a version is:
+The stored metadata says which kind of model a version is, and that kind's entry in the
+registry (:mod:`pipeline.unlearning.kinds`) says how its scores become predictions, whether
+it has ``predict_proba`` and what ``score`` computes. For the kinds there are:
 
 * ``logistic`` with two classes: ``coef_`` of shape ``(d,)``, ``intercept_`` shape ``()``;
   ``p = sigmoid(X @ coef_ + intercept_)`` is the probability of ``classes_[1]``.
@@ -17,7 +19,8 @@ import numpy as np
 
 from pipeline.errors import InvalidInput
 from pipeline.store.versions import ModelVersion, VersionMetadata
-from pipeline.unlearning.loss import class_probabilities, predicted_index
+from pipeline.unlearning.kinds import EngineKind, kind_named
+from pipeline.unlearning.loss import class_probabilities
 
 __all__ = ["LinearPredictor"]
 
@@ -48,6 +51,7 @@ class LinearPredictor:
         self.intercept_.flags.writeable = False
         classes = self.metadata.classes
         self.classes_: np.ndarray | None = None if classes is None else np.asarray(classes)
+        self._kind: EngineKind[Any] = kind_named(self.metadata.kind)
 
     @property
     def kind(self) -> str:
@@ -100,32 +104,23 @@ class LinearPredictor:
         Raises
         ------
         InvalidInput
-            The model is a ridge regressor.
+            The model is a regressor (ridge).
         """
-        if self.kind != "logistic":
+        if not self._kind.classifier:
             msg = f"model {self.metadata.model_id!r} is a {self.kind} regressor: no predict_proba"
             raise InvalidInput(msg)
         return class_probabilities(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        """Class labels (logistic) or real values (ridge).
+        """Class labels (a classifier: logistic) or real values (a regressor: ridge).
 
         Returns
         -------
         ndarray of shape (n_samples,) (or (n_samples, n_targets) for multi-target ridge)
         """
-        if self.kind != "logistic":
-            return self.decision_function(X)
-        assert self.classes_ is not None
-        return self.classes_[predicted_index(self.decision_function(X))]
+        return self._kind.predict(self.decision_function(X), self.classes_)
 
     def score(self, X: Any, y: Any) -> float:
-        """Accuracy (logistic) or coefficient of determination R^2 (ridge)."""
-        pred = self.predict(X)
-        truth = np.asarray(y)
-        if self.kind == "logistic":
-            return float(np.mean(pred == truth))
-        truth = truth.astype(np.float64)
-        ss_res = float(np.sum((truth - pred) ** 2))
-        ss_tot = float(np.sum((truth - truth.mean(axis=0)) ** 2))
-        return 1.0 - ss_res / ss_tot if ss_tot > 0.0 else 0.0
+        """The kind's holdout score: accuracy (logistic) or the coefficient of determination
+        R^2 (ridge)."""
+        return self._kind.metric(self.predict(X), np.asarray(y))

@@ -98,20 +98,7 @@ class PublishResult:
 
     def notice(self) -> ModelPublished:
         """The ``ModelPublished`` event announcing this version on ``unlearn.model-updates``."""
-        meta = self.metadata
-        return ModelPublished(
-            event_id=f"pub:{meta.model_id}:{meta.version}",
-            model_id=meta.model_id,
-            version=meta.version,
-            parent=meta.parent,
-            method=meta.method,
-            n_records=meta.n_records,
-            seq=meta.seq,
-            certificate=meta.certificate,
-            budget=meta.budget,
-            holdout_metrics=dict(meta.holdout_metrics),
-            ts=meta.created_at,
-        )
+        return self.metadata.notice()
 
     @property
     def version(self) -> int:
@@ -380,23 +367,15 @@ class Publication:
         coef_bytes, coef_spec = encode_array(coef, "coef")
         intercept_bytes, intercept_spec = encode_array(intercept, "intercept")
         now = datetime.now(UTC)
-        metadata = VersionMetadata(
+        metadata = spec.metadata(
             model_id=model_id,
             version=version,
             parent=found or None,
-            kind=spec.kind,
-            method=spec.method,
-            seq=spec.seq,
-            n_records=spec.n_records if spec.n_records is not None else n_records,
-            n_features=int(coef.shape[-1]),
-            classes=spec.classes,
-            certificate=spec.certificate,
-            budget=spec.budget,
-            holdout_metrics=dict(spec.holdout_metrics),
+            n_records=n_records,
             created_at=now,
             coef_spec=coef_spec,
             intercept_spec=intercept_spec,
-            extra=dict(spec.extra),
+            n_features=int(coef.shape[-1]),
         )
 
         receipts, kept = [], []
