@@ -21,6 +21,7 @@ import yaml
 from kafka import KafkaProducer
 from sklearn.datasets import load_digits
 
+from pipeline.audit import audit
 from pipeline.sdk import DeletionClient
 from pipeline.training import Table, train_model
 
@@ -44,6 +45,74 @@ def test_promtool_accepts_config_and_rules():
     rules = _promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert f"{len(alert_exprs())} rules found" in rules.stdout
+
+
+def test_the_failed_audit_alert_fires_on_a_failed_audit_only(tmp_path) -> None:
+    """promtool's rule unit test: a model whose last audit failed (overall 0) fires
+    ``UnlearnAuditFailed`` after a minute; one that passed (1) or was not checked (-1) never
+    does."""
+    tests = tmp_path / "audit_rules_test.yml"
+    tests.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": [
+                            {
+                                "series": 'unlearn_audit_verdict{model="bad", part="overall"}',
+                                "values": "1 0 0 0",
+                            },
+                            {
+                                "series": 'unlearn_audit_verdict{model="good", part="overall"}',
+                                "values": "1 1 1 1",
+                            },
+                            {
+                                "series": 'unlearn_audit_verdict{model="new", part="overall"}',
+                                "values": "-1 -1 -1 -1",
+                            },
+                            {  # only the overall verdict is alerted on, not each part
+                                "series": 'unlearn_audit_verdict{model="good", part="disparity"}',
+                                "values": "-1 -1 -1 -1",
+                            },
+                        ],
+                        "alert_rule_test": [
+                            {
+                                "eval_time": "1m",
+                                "alertname": "UnlearnAuditFailed",
+                                "exp_alerts": [],
+                            },
+                            {
+                                "eval_time": "3m",
+                                "alertname": "UnlearnAuditFailed",
+                                "exp_alerts": [
+                                    {
+                                        "exp_labels": {"model": "bad", "severity": "critical"},
+                                        "exp_annotations": {
+                                            "summary": "The last stored audit of model bad failed",
+                                            "description": _description(
+                                                "UnlearnAuditFailed", "bad"
+                                            ),
+                                        },
+                                    }
+                                ],
+                            },
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    result = _promtool("test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _description(alert: str, model: str) -> str:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rule = next(r for g in doc["groups"] for r in g["rules"] if r.get("alert") == alert)
+    return rule["annotations"]["description"].replace("{{ $labels.model }}", model)
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -224,6 +293,15 @@ def test_dashboard_and_alerts_evaluate_on_live_data(observed) -> None:
     budget = value(prom, f'max(unlearn_budget{{model="{MODEL}"}})')
     assert certificate is not None and budget is not None and 0 <= certificate <= budget
     assert 0.8 < (value(prom, f'max(unlearn_holdout_accuracy{{model="{MODEL}"}})') or 0) <= 1
+
+    # an audit with a reference stored with the current version: the audit panel's series
+    report = audit(pipe.store, MODEL, reference=True)
+    assert report.verdict == "pass", report.to_json()
+    pipe.wait_for(
+        lambda: value(prom, f'min(unlearn_audit_verdict{{model="{MODEL}", part="overall"}})') == 1,
+        60,
+        "the stored audit's verdict scraped",
+    )
 
     # every dashboard query returns series; every alert expression evaluates
     def empty_panels() -> list[str]:

@@ -56,6 +56,7 @@ def test_required_alerts_exist_and_use_exported_series():
         "UnlearnDeletionNearDeadline",
         "UnlearnNoPublishWhileDeletionsPending",
         "UnlearnWorkerDown",
+        "UnlearnAuditFailed",
     ):
         assert name in rules
     exported = _exported_series()
@@ -88,6 +89,8 @@ def test_dashboard_has_what_grafana_requires():
         "pending_deletions",
         "oldest_pending",
         "consumer_lag",
+        "audit_verdict",
+        "audit_gap",
     ]
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     for word in wanted:
