@@ -9,10 +9,12 @@ Agents (each batches with ``stream.take_events(max_batch, within=max_wait)``):
 * timers: merge refits handed back by the retrainer; fire the cron schedule; keep the
   worker's status key alive.
 
-Everything heavy runs on ONE executor thread (the applier is the single writer of the
-models this process holds), so the event loop keeps heartbeating and committing during a
-large batch. Bad input goes to ``unlearn.dead-letter`` and is counted; the agent goes on.
-Offsets are committed after a batch is applied and published (at-least-once); replays are
+Everything that touches the models runs on ONE executor thread (the applier is the
+single writer of the models this process holds), so the event loop keeps heartbeating and
+committing during a large batch. Side work that only reads or writes Redis (the gauges,
+the status key) has a thread of its own: queued behind it, a batch would wait for it.
+Bad input goes to ``unlearn.dead-letter`` and is counted; the agent goes on. Offsets are
+committed after a batch is applied and published (at-least-once); replays are
 made harmless by the applier.
 """
 
@@ -83,6 +85,9 @@ class Runtime:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="unlearn-apply")
     )
+    side_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="unlearn-side")
+    )
     started: float = field(default_factory=time.time)
     assigned: int = 0
     outage: Outage = field(default_factory=lambda: Outage(log))  # Redis unreachable
@@ -91,6 +96,11 @@ class Runtime:
         """Run ``fn`` on the applier's thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._run_and_settle, fn, args)
+
+    async def aside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the side thread: work that never touches the applier's models."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.side_executor, fn, *args)
 
     def _run_and_settle(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         loads = self.applier.loads
@@ -161,6 +171,11 @@ def build_app(
     kafka_bootstrap, redis_url : str
         Where the services are (see :func:`pipeline.config.resolve_services`).
     """
+    # The gauges' refresh reads stored audit reports; importing the audit package there,
+    # on its first call, took 0.4-0.7 s with the interpreter lock held: a stall every
+    # deletion in flight waited out. It is paid here, before the worker consumes.
+    import pipeline.audit  # noqa: F401
+
     topics = Topics(settings.topic_prefix)
     store = Store.from_settings(settings, redis_url)
     retraining = Retraining(
@@ -470,14 +485,14 @@ def build_app(
     @app.timer(interval=5.0)
     async def heartbeat() -> None:
         with runtime.outage.tolerated("the status heartbeat"):
-            await runtime.run(runtime.write_status)
+            await runtime.aside(runtime.write_status)
 
     @app.timer(interval=settings.metrics_interval)
     async def refresh_metrics() -> None:
         """Model gauges from Redis (whoever published) and consumer lag from faust."""
         try:
             with runtime.outage.tolerated("refreshing the model gauges"):
-                await runtime.run(metrics.refresh_models, store)
+                await runtime.aside(metrics.refresh_models, store)
         except Exception:  # the gauges keep their last values
             log.warning("refreshing the model gauges failed", exc_info=True)
         monitor = app.monitor
@@ -487,7 +502,7 @@ def build_app(
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         runtime.assigned = len(assigned)
         with runtime.outage.tolerated("the status heartbeat"):
-            await runtime.run(runtime.write_status)
+            await runtime.aside(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
     register_federated(app, runtime, publish, topic, guarded, decode)
