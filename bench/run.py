@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import audit as audit_bench
 from bench import federated
 from bench.engine import run_engine_bench
 from bench.pipeline import run_pipeline_bench
@@ -259,6 +260,7 @@ def render(results: dict[str, Any]) -> str:
         *(_forgetting(results["forgetting"]) if "forgetting" in results else []),
         *(_pipeline(results["pipeline"]) if "pipeline" in results else []),
         *([federated.markdown(results["federated"])] if "federated" in results else []),
+        *([audit_bench.markdown(results["audit"])] if "audit" in results else []),
     ]
     return "\n".join(lines)
 
@@ -273,6 +275,7 @@ def main() -> None:
     results = run_engine_bench(quick=args.quick, log=log)
     results["pipeline"] = run_pipeline_bench(quick=args.quick, log=log)
     results["federated"] = federated.run(quick=args.quick, log=log)
+    results["audit"] = audit_bench.run(quick=args.quick, log=log)
     args.output.write_text(render(results) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
