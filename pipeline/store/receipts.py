@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_LEGAL_DEADLINE",
     "DEFAULT_RETENTION",
     "ReceiptStore",
+    "INDEX_MARGIN",
     "index_requests",
     "next_receipt",
     "stage_receipts",
@@ -38,6 +39,9 @@ __all__ = [
 DEFAULT_LEGAL_DEADLINE = timedelta(days=30)
 DEFAULT_RETENTION = timedelta(days=730)
 """How long receipts (and suppressions) are kept: 24 months, CCPA's record-keeping rule."""
+INDEX_MARGIN = timedelta(days=31)
+"""How much longer a request's index entries live than its receipts (see
+:func:`index_requests`)."""
 
 
 def _now() -> datetime:
@@ -132,9 +136,14 @@ def index_requests(
     retention: timedelta = DEFAULT_RETENTION,
 ) -> None:
     """Add ``model_id`` to the request -> models index of each request (one round trip,
-    before the model's transaction: :func:`~pipeline.store.records.index_model`); the
-    index entries expire with the receipts."""
-    index_model(client, model_id, map(keys.request_models, request_ids), retention)
+    before the model's transaction: :func:`~pipeline.store.records.index_model`).
+
+    Every writer of a receipt indexes its request first, so a stored receipt is always
+    reachable from its request. The entries live :data:`INDEX_MARGIN` longer than the
+    receipts: a receipt's lifetime restarts when it is closed, and a publication then
+    re-indexes only requests opened more than half that margin before.
+    """
+    index_model(client, model_id, map(keys.request_models, request_ids), retention + INDEX_MARGIN)
 
 
 def _parse(raw: Any) -> Receipt | None:

@@ -74,10 +74,11 @@ class Suppressions:
         """Suppress the data of ``requests`` (idempotent: a replay keeps its first instant).
 
         Called before any model applies the requests, so that no receipt can be final
-        without its suppression. Two round trips, whatever the number of requests; plain
-        commands (no script, no transaction), so it works on Redis Cluster too: each entry
-        is a hash of request id -> instant, so concurrent writers never overwrite each
-        other, and an objection is a flag of its own that never expires while it holds.
+        without its suppression. Two round trips whatever the number of requests (three
+        when some are replays); plain commands (no script, no transaction), so it works on
+        Redis Cluster too: each entry is a hash of request id -> instant, so concurrent
+        writers never overwrite each other, and an objection is a flag of its own that
+        never expires while it holds.
         """
         if not requests:
             return
@@ -85,11 +86,19 @@ class Suppressions:
         pipe = self._client.pipeline(transaction=False)
         for req in requests:
             pipe.set(self._keys.request_seen(req.request_id), at_now, nx=True, ex=self._ttl)
-            pipe.get(self._keys.request_seen(req.request_id))
-        replies = pipe.execute()
+        first = pipe.execute()
+        seen = [None if new else req.request_id for req, new in zip(requests, first, strict=True)]
+        earlier: dict[str, Any] = {}
+        replayed = [seen_id for seen_id in seen if seen_id is not None]
+        if replayed:  # these were processed before: their first instant holds
+            pipe = self._client.pipeline(transaction=False)  # GETs: the keys span slots
+            for seen_id in replayed:
+                pipe.get(self._keys.request_seen(seen_id))
+            earlier = dict(zip(replayed, pipe.execute(), strict=True))
         pipe = self._client.pipeline(transaction=False)
-        for req, seen in zip(requests, replies[1::2], strict=True):
-            at = float(seen) if seen is not None else at_now
+        for req in requests:
+            stored = earlier.get(req.request_id)
+            at = float(stored) if stored is not None else at_now
             for kind, token, scope in self._entries(req):
                 key = self._keys.suppression(kind, token, scope)
                 pipe.hset(key, req.request_id, at)

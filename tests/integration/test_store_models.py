@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 import redis
 
 from pipeline.errors import ModelVersionConflict, UnknownModel
+from pipeline.events import ReceiptStatus
 from pipeline.store import ModelSpec, Store, UnknownVersion
 
 
@@ -167,3 +169,33 @@ def test_invalid_model_is_refused_before_writing(store: Store) -> None:
     with pytest.raises(Exception, match="finite"):
         store.models.publish("m", nan, 0)
     assert store.models.current_version("m") == 0
+
+
+def _publish_receipts(store: Store, requests: dict[str, datetime]) -> None:
+    pub = store.models.publication("m", expected_version=store.models.current_version("m"))
+    pub.set_model(spec(1.0))
+    for request_id, received in requests.items():
+        pub.receipt(request_id, ReceiptStatus.APPLIED, received_at=received)
+    pub.commit()
+
+
+@pytest.mark.parametrize("opened_days_ago", [0, 40])
+def test_the_request_index_reaches_a_receipt_for_its_whole_life(
+    store: Store, opened_days_ago: int
+) -> None:
+    """``unlearn receipt REQUEST`` finds a request's models through its index: the index
+    must outlive the receipt, whether the receipt was opened at routing (then indexed)
+    and closed soon after, or opened long before it was closed, or never opened."""
+    store.models.publish("m", spec(1.0), 0)
+    received = datetime.now(UTC) - timedelta(days=opened_days_ago)
+    store.receipts.open_many("m", {"q-open": received})
+    if opened_days_ago:  # the index entry written at routing is that much older
+        left = int((timedelta(days=730) - timedelta(days=opened_days_ago)).total_seconds())
+        store.client.expire(store.keys.request_models("q-open"), left)
+    _publish_receipts(store, {"q-open": received, "q-new": datetime.now(UTC)})
+    for request_id in ("q-open", "q-new"):
+        (receipt,) = store.receipts.get(request_id)
+        assert receipt.status is ReceiptStatus.APPLIED
+        index_ttl = store.client.ttl(store.keys.request_models(request_id))
+        receipt_ttl = store.client.ttl(store.keys.receipt("m", request_id))
+        assert index_ttl >= receipt_ttl > 0, (request_id, index_ttl, receipt_ttl)
