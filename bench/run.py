@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import audit as audit_bench
 from bench import federated
+from bench import scale as scale_bench
 from bench.engine import run_engine_bench
 from bench.pipeline import run_pipeline_bench
 from bench.rates import format_rate
@@ -259,6 +260,7 @@ def render(results: dict[str, Any]) -> str:
         *_fidelity(results["fidelity"]),
         *(_forgetting(results["forgetting"]) if "forgetting" in results else []),
         *(_pipeline(results["pipeline"]) if "pipeline" in results else []),
+        *([scale_bench.markdown(results["scale"])] if "scale" in results else []),
         *([federated.markdown(results["federated"])] if "federated" in results else []),
         *([audit_bench.markdown(results["audit"])] if "audit" in results else []),
     ]
@@ -274,6 +276,7 @@ def main() -> None:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = run_engine_bench(quick=args.quick, log=log)
     results["pipeline"] = run_pipeline_bench(quick=args.quick, log=log)
+    results["scale"] = scale_bench.run(quick=args.quick, log=log)
     results["federated"] = federated.run(quick=args.quick, log=log)
     results["audit"] = audit_bench.run(quick=args.quick, log=log)
     args.output.write_text(render(results) + "\n")
