@@ -1,11 +1,16 @@
 """The faust worker: agents that decode, call :mod:`pipeline.applier`, and publish.
 
-Agents (each batches with ``stream.take_events(max_batch, within=max_wait)``):
+Stages (each batches up to ``max_batch`` events, waiting at most ``max_wait``):
 
-* ``deletions`` on ``unlearn.deletions``: route each request to the models it concerns,
-  apply per model, publish ``ModelPublished``, receipts and tombstones;
-* ``records`` on ``unlearn.records``: learn new records per model (tombstones, which the
-  pipeline writes itself after an erasure, are skipped);
+* intake, on ``unlearn.deletions`` (:class:`~workers.consumer.BatchConsumer`, record
+  batches straight from aiokafka in a consumer group of its own): route each request to
+  the models it concerns; apply at once the models this worker owns, send the others'
+  batches to ``unlearn.model-ops``; publish ``ModelPublished``, receipts and tombstones;
+* ``owner`` agent on ``unlearn.model-ops``: apply the batches routed to the models whose
+  partition this worker holds;
+* ``records`` agent on ``unlearn.records`` (co-partitioned with ``unlearn.model-ops``, so
+  the same worker): learn new records per model (tombstones, which the pipeline writes
+  itself after an erasure, are skipped);
 * timers: merge refits handed back by the retrainer; fire the cron schedule; keep the
   worker's status key alive.
 
@@ -50,6 +55,7 @@ from pipeline.routing import Router, forgets, model_ops
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store
 from pipeline.topics import Topics, record_key
+from workers.consumer import BatchConsumer
 from workers.federated import register_federated
 from workers.transport import App, Notice, deliver
 
@@ -233,7 +239,6 @@ def build_app(
 
     # the topics exist (`unlearn worker` creates them with their policies); notices are
     # sent with the producer directly, see publish()
-    deletions_t = topic(topics.deletions)
     records_t = topic(topics.records)
     model_ops_t = topic(topics.model_ops)
 
@@ -327,12 +332,14 @@ def build_app(
             metrics.latencies(agent, datetime.now(UTC), event_times(outcome))
 
     def decode(events: Sequence[Any], parse: Parse) -> tuple[list[Any], list[Any]]:
-        """(event, message) pairs and rejections of a batch; ``parse`` decodes a message:
-        an event type (:func:`~pipeline.intake.decode_message`) or a function of the
-        message and the size limit returning an event, a Rejected or None."""
+        """(event, message) pairs and rejections of a batch of faust events or consumed
+        :class:`~pipeline.intake.Message`; ``parse`` decodes a message: an event type
+        (:func:`~pipeline.intake.decode_message`) or a function of the message and the
+        size limit returning an event, a Rejected or None."""
         good, bad = [], []
         topics: dict[str, int] = {}
-        for msg in map(Message.from_faust, events):
+        for event in events:
+            msg = event if isinstance(event, Message) else Message.from_faust(event)
             topics[msg.topic] = topics.get(msg.topic, 0) + 1
             result = (
                 decode_message(msg, parse, max_bytes=settings.max_event_bytes)
@@ -380,28 +387,44 @@ def build_app(
                 return []
             return [Outcome("*", rejected=[Rejected(msg, "internal_error", repr(exc)[:1500])])]
 
-    @app.agent(deletions_t)
-    async def deletions(stream: faust.StreamT) -> None:
+    async def deletions(messages: list[Message]) -> None:
         """Intake: requests keyed by subject, routed to per-model batches (model-ops)."""
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
-            good, bad = decode(events, DeletionRequested)
-            ops = [Forget(ev, msg) for ev, msg in good]
-            with metrics.batch("deletions", len(events)):
-                outcomes = await guarded(
-                    "deletion",
-                    ops,
-                    lambda part: runtime.run(_route_deletions, runtime, list(part), owns),
-                    lambda op: op.message,
-                )
-            sent = {ev.request_id: ev.ts for ev, _ in good}
-            await publish(
-                outcomes,
-                bad,
-                "deletions",
-                lambda o, sent=sent: [
-                    sent[r.request_id] for r in o.receipts if r.request_id in sent
-                ],
+        good, bad = decode(messages, DeletionRequested)
+        ops = [Forget(ev, msg) for ev, msg in good]
+        with metrics.batch("deletions", len(messages)):
+            outcomes = await guarded(
+                "deletion",
+                ops,
+                lambda part: runtime.run(_route_deletions, runtime, list(part), owns),
+                lambda op: op.message,
             )
+        sent = {ev.request_id: ev.ts for ev, _ in good}
+        await publish(
+            outcomes,
+            bad,
+            "deletions",
+            lambda o, sent=sent: [sent[r.request_id] for r in o.receipts if r.request_id in sent],
+        )
+
+    intake = BatchConsumer(
+        topics.deletions,
+        f"{app_id}-intake",
+        kafka_bootstrap,
+        deletions,
+        max_batch=settings.max_batch,
+        max_wait=settings.max_wait,
+        config=_consumer_config(app, settings),
+    )
+
+    @app.task
+    async def consume_deletions() -> None:
+        try:
+            await intake.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a broker that refuses us: stop, be restarted
+            log.exception("the deletion consumer stopped")
+            await app.crash(exc)
 
     @app.agent(model_ops_t)
     async def owner(stream: faust.StreamT) -> None:
@@ -496,7 +519,10 @@ def build_app(
         except Exception:  # the gauges keep their last values
             log.warning("refreshing the model gauges failed", exc_info=True)
         monitor = app.monitor
-        metrics.lag(dict(monitor.tp_end_offsets or {}), dict(monitor.tp_committed_offsets or {}))
+        ends, committed = intake.lag()
+        ends.update(monitor.tp_end_offsets or {})
+        committed.update(monitor.tp_committed_offsets or {})
+        metrics.lag(dict(ends), dict(committed))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -545,6 +571,30 @@ def _partitions(bootstrap: str, topic: str, settings: Settings) -> int:
         return len(found) if found else settings.partitions
     finally:
         consumer.close()
+
+
+def _consumer_config(app: faust.App, settings: Settings) -> dict[str, Any]:
+    """aiokafka consumer options matching the faust app's consumer (timeouts, fetch
+    sizes and wait, security), for :class:`~workers.consumer.BatchConsumer`."""
+    conf = app.conf
+    config: dict[str, Any] = {
+        "fetch_max_wait_ms": round(settings.fetch_max_wait * 1000),
+        "max_partition_fetch_bytes": conf.consumer_max_fetch_size,
+        "session_timeout_ms": round(conf.broker_session_timeout * 1000),
+        "heartbeat_interval_ms": round(conf.broker_heartbeat_interval * 1000),
+        "rebalance_timeout_ms": round(conf.broker_rebalance_timeout * 1000),
+        "request_timeout_ms": round(conf.broker_request_timeout * 1000),
+        "client_id": f"{conf.broker_client_id}-intake",
+    }
+    security = settings.kafka_config()
+    config["security_protocol"] = security.pop("security_protocol")
+    cafile = security.pop("ssl_cafile", None)
+    if config["security_protocol"] in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        config["ssl_context"] = create_ssl_context(cafile=cafile)
+    config.update(security)  # sasl_mechanism, sasl_plain_username, sasl_plain_password
+    return config
 
 
 def _credentials(settings: Settings) -> Any:
