@@ -27,6 +27,7 @@ import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
 
+from workers.app import FAST_TIMEOUTS
 from workers.transport import App
 
 EVENTS = int(os.environ.get("NOOP_EVENTS", "0"))
@@ -44,6 +45,7 @@ app = App(
     datadir=tempfile.mkdtemp(prefix="unlearn-noop-"),
     consumer_auto_offset_reset="earliest",
     consumer_max_fetch_size=4_194_304,
+    **FAST_TIMEOUTS,  # as the bench's worker (broker_timeouts "fast"): a quick group join
 )
 app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(CollectorRegistry(), "faust"))
 topic = app.topic(os.environ.get("NOOP_TOPIC", "noop"))

@@ -17,7 +17,10 @@ deletions so the worker has loaded it (a cold load reads every record from Redis
   commit of its last, with the producer no longer competing for the two cores.
 * **faust ceiling**: the same backlog drained by a faust agent that does nothing with its
   events (:mod:`bench.noop_agent`, built as the worker is): what faust's consumer and
-  stream machinery alone sustain here, an upper bound for any faust worker.
+  stream machinery alone sustain here, the bound of a worker that reads through faust.
+* **raw ceiling**: the same backlog read by the worker's intake consumer
+  (:class:`workers.consumer.BatchConsumer`, aiokafka record batches) with a handler that
+  does nothing: the bound of the intake stage as it reads now.
 * **latency**: requests sent at a fixed rate (1,000/s) for a few seconds; an event's
   latency is from its timestamp (set when it is sent) to the commit of the version it
   took effect in (the receipt's ``completed_at``, written in the same Redis transaction
@@ -36,6 +39,7 @@ figures are not the ones to quote.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -64,6 +68,7 @@ from pipeline.sdk import ModelClient
 from pipeline.store import Store
 from pipeline.topics import Topics, ensure_topics
 from pipeline.training import Table, train_model
+from workers.consumer import BatchConsumer
 from workers.processes import child_env, spawn, stop
 
 __all__ = ["ceiling_figures", "run_pipeline_bench"]
@@ -224,6 +229,43 @@ def _faust_ceiling(
             check=True,
         )
         return ceiling_figures(json.loads(result.read_text()))
+
+
+def _raw_ceiling(bootstrap: str, topic: str, n: int, batching: dict[str, Any]) -> dict[str, Any]:
+    """The same backlog through the worker's own batch consumer with a no-op handler
+    (:class:`workers.consumer.BatchConsumer`, as the intake stage reads
+    ``unlearn.deletions``): what reading alone costs, without faust's stream."""
+    seen = {"events": 0, "first_batch": 0, "first": 0.0, "last": 0.0}
+    done = asyncio.Event()
+
+    async def count(messages: list[Any]) -> None:
+        now = time.perf_counter()
+        if seen["events"] == 0:
+            seen["first"], seen["first_batch"] = now, len(messages)
+        seen["events"] += len(messages)
+        seen["last"] = now
+        if seen["events"] >= n:
+            done.set()
+
+    async def drain() -> None:
+        consumer = BatchConsumer(
+            topic,
+            f"{topic}-raw-{uuid.uuid4().hex[:6]}",
+            bootstrap,
+            count,
+            max_batch=batching["max_batch"],
+            max_wait=batching["max_wait"],
+            config={"fetch_max_wait_ms": 50, "max_partition_fetch_bytes": 4_194_304},
+        )
+        task = asyncio.ensure_future(consumer.run())
+        try:
+            await asyncio.wait_for(done.wait(), 600)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(drain())
+    return ceiling_figures({**seen, "seconds": seen["last"] - seen["first"]})
 
 
 def ceiling_figures(found: dict[str, Any]) -> dict[str, Any]:
@@ -414,6 +456,11 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                     )
                     ceiling = results["faust_ceiling"]["events_per_second"]
                     say(f"pipeline: a no-op faust agent drains it at {format_rate(ceiling, '/s')}")
+                    results["raw_ceiling"] = _raw_ceiling(
+                        found.kafka_bootstrap, noop, len(backlog), worker_settings
+                    )
+                    raw = results["raw_ceiling"]["events_per_second"]
+                    say(f"pipeline: the batch consumer alone reads it at {format_rate(raw, '/s')}")
             remaining = WARMUP + n_events
             refit = _sklearn_refit(X[remaining:], y[remaining:])
         finally:
@@ -430,6 +477,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
         "throughput": results["throughput"],
         "drain": results["drain"],
         "faust_ceiling": results["faust_ceiling"],
+        "raw_ceiling": results["raw_ceiling"],
         "latency": results["latency"],
         "latency_low_rate": results["latency_low_rate"],
         "baseline": {

@@ -200,7 +200,7 @@ def _watch(lat: dict[str, Any]) -> str:
 
 def _pipeline(p: dict[str, Any]) -> list[str]:
     t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
-    drain, ceiling = p["drain"], p["faust_ceiling"]
+    drain, ceiling, raw = p["drain"], p["faust_ceiling"], p["raw_ceiling"]
     ds = p["dataset"]
     where = "embedded Tansu and redis-server" if p["embedded_services"] else "external services"
     return [
@@ -214,8 +214,11 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         "event; an event's latency runs from its timestamp to the commit of the version it "
         "took effect in (its receipt's `completed_at`). The backlog figures run from the "
         "first batch after the (re)start to the last, so they leave out the group join; "
-        "the no-op agent is built as the worker is and bounds what any faust worker can "
-        "consume on this machine. `unlearn bench pipeline --json` prints these figures.",
+        "the no-op faust agent is built as the worker's agents are and bounds what a worker "
+        "reading through faust can consume on this machine; the batch consumer with a no-op "
+        "handler is how the intake stage reads `unlearn.deletions` now (aiokafka record "
+        "batches, no per-event stream) and bounds it. `unlearn bench pipeline --json` prints "
+        "these figures.",
         "",
         "| figure | pipeline | target | scikit-learn baseline |",
         "|---|---|---|---|",
@@ -228,6 +231,8 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         f"producer idle) | {format_rate(drain['events_per_second'])} | 10,000 | |",
         f"| the same backlog through a faust agent that does nothing (`bench.noop_agent`) | "
         f"{format_rate(ceiling['events_per_second'])} | | |",
+        f"| the same backlog through the intake's batch consumer with a no-op handler "
+        f"(`workers.consumer.BatchConsumer`) | {format_rate(raw['events_per_second'])} | | |",
         f"| versions published / mean batch | {t['versions_published']} / "
         f"{t['mean_batch']:.0f} | | |",
         f"| producer send rate (events/s) | {format_rate(t['producer_events_per_second'])} | | |",

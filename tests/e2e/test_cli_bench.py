@@ -58,6 +58,7 @@ def test_bench_pipeline_json_applies_every_event_and_reports_rates():
     assert lat["events"] == 1000
     assert results["latency_low_rate"]["events"] == 250
     assert results["drain"]["events"] == results["faust_ceiling"]["events"] == 1000
+    assert results["raw_ceiling"]["events"] == 1000
     assert results["dataset"]["n"] == 5_000
     assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["p99_s"] <= lat["max_s"]
     assert lat["target_rate"] == 1000.0
@@ -66,5 +67,5 @@ def test_bench_pipeline_json_applies_every_event_and_reports_rates():
     assert 0 <= lat["watch_p50_s"] <= lat["watch_p99_s"]
     assert results["baseline"]["sklearn_refit_s"] > 0
     # rates are numbers, or None when a fast machine left no window to measure them over
-    for figures in (tput, results["drain"], results["faust_ceiling"]):
+    for figures in (tput, results["drain"], results["faust_ceiling"], results["raw_ceiling"]):
         assert figures["events_per_second"] is None or figures["events_per_second"] >= 0
