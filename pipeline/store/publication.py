@@ -45,8 +45,6 @@ from pipeline.store.codec import StateValue, encode_array, encode_state
 from pipeline.store.keys import KeySpace
 from pipeline.store.receipts import (
     DEFAULT_RETENTION,
-    INDEX_MARGIN,
-    index_requests,
     mget,
     next_receipt,
     stage_receipts,
@@ -121,9 +119,6 @@ class _Plan:
     drop_versions: list[int]
     drop_checkpoints: list[int]
     expire_versions: list[int] = field(default_factory=list)
-    unindexed: list[str] = field(default_factory=list)
-    """Requests whose receipts the request index may not reach for their whole new life:
-    no receipt stored yet (its writer indexes it first), or opened long ago."""
 
 
 class Publication:
@@ -312,8 +307,6 @@ class Publication:
                 try:
                     pipe.watch(current_key, keys.records(model_id))
                     plan = self._plan(pipe)
-                    # on another connection: the index keys are outside the model's slot
-                    index_requests(self._r, keys, model_id, plan.unindexed, self._retention)
                     pipe.multi()
                     self._stage(pipe, plan)
                     crash_point("publication.exec", model_id)
@@ -383,7 +376,7 @@ class Publication:
             n_features=int(coef.shape[-1]),
         )
 
-        receipts, kept, unindexed = [], [], []
+        receipts, kept = [], []
         request_ids = list(self._receipts)
         # one round trip for every receipt (the keys share the model's hash tag)
         stored = mget(pipe, [keys.receipt(model_id, r) for r in request_ids]) if request_ids else []
@@ -393,8 +386,6 @@ class Publication:
             if existing is not None and existing.status.final:
                 kept.append(existing)
                 continue
-            if existing is None or now - existing.received_at > INDEX_MARGIN / 2:
-                unindexed.append(request_id)
             receipts.append(
                 next_receipt(
                     existing,
@@ -441,7 +432,6 @@ class Publication:
             drop_versions=drop_versions,
             drop_checkpoints=[v for v in drop_checkpoints if v != version],
             expire_versions=expire_versions,
-            unindexed=unindexed,
         )
 
     def _subjects(self, pipe: Any, ids: list[str]) -> list[str | None]:

@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULT_LEGAL_DEADLINE",
     "DEFAULT_RETENTION",
     "ReceiptStore",
-    "INDEX_MARGIN",
     "index_requests",
     "next_receipt",
     "stage_receipts",
@@ -39,9 +38,6 @@ __all__ = [
 DEFAULT_LEGAL_DEADLINE = timedelta(days=30)
 DEFAULT_RETENTION = timedelta(days=730)
 """How long receipts (and suppressions) are kept: 24 months, CCPA's record-keeping rule."""
-INDEX_MARGIN = timedelta(days=31)
-"""How much longer a request's index entries live than its receipts (see
-:func:`index_requests`)."""
 
 
 def _now() -> datetime:
@@ -136,14 +132,16 @@ def index_requests(
     retention: timedelta = DEFAULT_RETENTION,
 ) -> None:
     """Add ``model_id`` to the request -> models index of each request (one round trip,
-    before the model's transaction: :func:`~pipeline.store.records.index_model`).
+    before the receipts are written: :func:`~pipeline.store.records.index_model`).
 
-    Every writer of a receipt indexes its request first, so a stored receipt is always
-    reachable from its request. The entries live :data:`INDEX_MARGIN` longer than the
-    receipts: a receipt's lifetime restarts when it is closed, and a publication then
-    re-indexes only requests opened more than half that margin before.
+    Only receipts that :meth:`ReceiptStore.get` would not find through the model
+    registry need it: those closed by :meth:`ReceiptStore.close_many` (a request naming a
+    model that does not exist is rejected under that name) or opened by
+    :meth:`ReceiptStore.received`. The receipts of the deletion path (opened at routing,
+    closed by a publication) belong to registered models and are not indexed: two
+    commands fewer per request. The entries expire with the receipts.
     """
-    index_model(client, model_id, map(keys.request_models, request_ids), retention + INDEX_MARGIN)
+    index_model(client, model_id, map(keys.request_models, request_ids), retention)
 
 
 def _parse(raw: Any) -> Receipt | None:
@@ -209,7 +207,7 @@ class ReceiptStore:
         """
         if not requests:
             return 0
-        index_requests(self._r, self._keys, model_id, requests, self.retention)
+        # no index entry: the model is registered (routing found it), get() looks there
         ttl = max(1, int(self.retention.total_seconds()))
         fresh = [
             next_receipt(
@@ -336,15 +334,24 @@ class ReceiptStore:
         return _parse(raw)
 
     def get(self, request_id: str) -> list[Receipt]:
-        """Every model's receipt for a request, sorted by model id (empty if unknown)."""
-        members = self._r.smembers(self._keys.request_models(request_id))
-        model_ids = sorted(m.decode() for m in members)
-        out = []
+        """Every model's receipt for a request, sorted by model id (empty if unknown).
+
+        Looks at every registered model, and at the models the request's index names
+        (receipts under names that are not models: see :func:`index_requests`); one
+        round trip for the names, one for the receipts.
+        """
+        names: Any = self._r.pipeline(transaction=False)
+        names.smembers(self._keys.model_index())
+        names.smembers(self._keys.request_models(request_id))
+        registered, indexed = names.execute()
+        model_ids = sorted({m.decode() for m in (*registered, *indexed)})
+        if not model_ids:
+            return []
+        reads: Any = self._r.pipeline(transaction=False)  # GETs: the keys span slots
         for model_id in model_ids:
-            receipt = self.get_one(request_id, model_id)
-            if receipt is not None:
-                out.append(receipt)
-        return out
+            reads.get(self._keys.receipt(model_id, request_id))
+        found = (_parse(raw) for raw in reads.execute())
+        return [receipt for receipt in found if receipt is not None]
 
     def pending(self, model_id: str) -> list[tuple[str, datetime]]:
         """Open requests of a model with their received time, oldest first."""
