@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         Address ``/metrics`` listens on (``0.0.0.0`` in a container).
     metrics_interval : float
         Seconds between refreshes of the per-model gauges (read from Redis) and the lag.
+    dashboard_port : int
+        Port of the live status page (``unlearn dashboard``, ``unlearn services``,
+        ``unlearn demo``; 0: a free port, announced at start).
+    dashboard_addr : str
+        Address the status page listens on: loopback by default, like ``metrics_addr``.
+        The page is read-only, but it shows models and receipts to whoever reaches it.
+    dashboard_refresh : float
+        Seconds between two reads of Redis and the workers' ``/metrics`` by the page.
     broker_timeouts : {"default", "fast"}
         ``fast`` shortens faust's session, heartbeat and rebalance timeouts (tests, demo).
     keep_versions : int
@@ -148,6 +156,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     metrics_interval: float = Field(default=5.0, gt=0, le=3600)
+    dashboard_port: int = Field(default=0, ge=0, le=65535)
+    dashboard_addr: str = "127.0.0.1"
+    dashboard_refresh: float = Field(default=2.0, ge=0.2, le=3600)
     broker_timeouts: Literal["default", "fast"] = "default"
     keep_versions: int = Field(default=50, gt=0, le=1_000_000)
 
