@@ -17,13 +17,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev extras
 
-tools: ## Install Prometheus (promtool and the server) for the tests, if missing
+tools: ## Install Prometheus, Chromium and chromedriver for the tests, if missing
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  echo "installing Debian's prometheus package (needed by the observability tests)"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; \
 	  command -v promtool >/dev/null || { echo "could not install prometheus: run 'apt-get install prometheus'"; exit 1; }; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver packages (needed by the status page's browser test)"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; \
+	  command -v chromedriver >/dev/null || { echo "could not install chromium: run 'apt-get install chromium chromium-driver'"; exit 1; }; }
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline workers tests bench
