@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,8 +88,19 @@ def demo(
             "voids the certified guarantee: for tests only."
         ),
     ] = None,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Afterwards, leave the services, the worker, the retrainer and the status "
+            "page running to explore; Ctrl-C stops them.",
+        ),
+    ] = False,
 ) -> None:
-    """Train on scikit-learn's digits, stream deletions and records through the pipeline."""
+    """Train on scikit-learn's digits, stream deletions and records through the pipeline.
+
+    Serves the live status page while it runs (its address is printed first).
+    """
     if engine_only:
         from workers.engine_demo import run_engine_demo
 
@@ -99,7 +110,15 @@ def demo(
 
     settings = load_settings()
     with _services(settings) as found:
-        run_demo(console, settings, found, n_subjects=subjects, n_records=records, seed=seed)
+        run_demo(
+            console,
+            settings,
+            found,
+            n_subjects=subjects,
+            n_records=records,
+            seed=seed,
+            keep=keep,
+        )
 
 
 # ---- long-running processes -------------------------------------------------------------
@@ -177,15 +196,24 @@ def retrainer(
 
 
 @app.command()
-def services() -> None:
+def services(
+    dashboard: Annotated[
+        bool,
+        typer.Option(help="Also serve the status page of the default namespace (read-only)."),
+    ] = True,
+) -> None:
     """Start the embedded broker and redis-server and print where they are; Ctrl-C stops them."""
     from pipeline.embedded import EmbeddedServices
 
     try:
-        with EmbeddedServices() as found:
+        with EmbeddedServices() as found, ExitStack() as stack:
             sys.stdout.write(f"UNLEARN_KAFKA_BOOTSTRAP={found.kafka_bootstrap}\n")
             sys.stdout.write(f"UNLEARN_REDIS_URL={found.redis_url}\n")
             sys.stdout.flush()
+            if dashboard:
+                resolved = ResolvedServices(found.kafka_bootstrap, found.redis_url, embedded=True)
+                page = stack.enter_context(_dashboard(load_settings(), resolved))
+                errors.print(f"status page: {page.url}")
             errors.print("embedded services running; press Ctrl-C to stop them")
             while found.kafka.running and found.redis.running:
                 time.sleep(0.5)
@@ -193,6 +221,65 @@ def services() -> None:
             raise PipelineError(msg)
     except KeyboardInterrupt:
         errors.print("stopped the embedded services")
+
+
+@contextmanager
+def _dashboard(
+    settings: Settings,
+    found: ResolvedServices,
+    metrics_urls: list[str] | None = None,
+    title: str = "unlearn",
+) -> Iterator[Any]:
+    """The status page over ``found``'s Redis, served until the block ends."""
+    from pipeline.dashboard import Dashboard
+
+    with _store(settings, found) as store:
+        with Dashboard(store, settings, metrics_urls=metrics_urls or (), title=title) as page:
+            yield page
+
+
+@app.command()
+def dashboard(
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: UNLEARN_DASHBOARD_PORT; 0: a free one).")
+    ] = None,
+    addr: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on (default: UNLEARN_DASHBOARD_ADDR, loopback)."),
+    ] = None,
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another /metrics URL to read (repeatable): a retrainer's, or a worker on "
+            "another machine. Workers on this machine are found through their status keys."
+        ),
+    ] = None,
+) -> None:
+    """Serve the live status page: models, the stream, receipts, audits. Ctrl-C stops it.
+
+    Reads the Redis of UNLEARN_REDIS_URL (`unlearn services` prints the embedded one's)
+    and the workers' /metrics; changes nothing.
+    """
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["dashboard_port"] = port
+    if addr is not None:
+        overrides["dashboard_addr"] = addr
+    settings = load_settings(**overrides)
+    if not settings.redis_url:
+        msg = (
+            "UNLEARN_REDIS_URL is not set: point it at the pipeline's Redis (`unlearn "
+            "services` prints the embedded one's; `unlearn demo --keep` serves its own page)"
+        )
+        raise PipelineError(msg)
+    found = ResolvedServices(settings.kafka_bootstrap or "", settings.redis_url, embedded=False)
+    try:
+        with _dashboard(settings, found, metrics) as page:
+            errors.print(f"status page: {page.url} (read-only; Ctrl-C stops it)")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        errors.print("stopped the status page")
 
 
 # ---- models -----------------------------------------------------------------------------

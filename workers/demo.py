@@ -7,12 +7,17 @@
    operator's retrain request in the middle of it, through the real broker;
 4. wait until every receipt is final, every record learned and the retrain merged;
 5. compare the published model with a model retrained from scratch on the records the
-   pipeline holds at the end (so without the deleted subjects), and stop everything.
+   pipeline holds at the end (so without the deleted subjects), and stop everything
+   (with ``keep``: once the user presses Ctrl-C).
+
+The status page (:class:`~pipeline.dashboard.Dashboard`) of the demo's namespace is
+served from step 2 on, reading the worker's and the retrainer's ``/metrics``.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 import time
 import uuid
@@ -27,7 +32,8 @@ from rich.table import Table
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from pipeline.config import ResolvedServices, Settings
+from pipeline.config import ResolvedServices, Settings, redact_url
+from pipeline.dashboard import Dashboard
 from pipeline.errors import PipelineError
 from pipeline.retraining import engine_from_state
 from pipeline.sdk import DeletionClient, LinearPredictor
@@ -66,12 +72,15 @@ def run_demo(
     n_subjects: int = 12,
     n_records: int = 200,
     seed: int | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Run the demo against ``services``; print progress and a summary, return the figures.
 
     ``seed`` fixes the model's perturbation b (reproducible figures; a fixed b voids the
     certified guarantee), and the data split and synthetic subjects; None (the default)
-    draws b from the operating system's entropy and keeps the data of seed 0.
+    draws b from the operating system's entropy and keeps the data of seed 0. ``keep``
+    leaves the worker, the retrainer and the status page running after the summary until
+    Ctrl-C (the caller keeps the services).
     """
     started = time.monotonic()
     run = uuid.uuid4().hex[:6]
@@ -123,11 +132,20 @@ def run_demo(
         retrain_min_interval=0,
     )
     logs = Path(tempfile.mkdtemp(prefix="unlearn-demo-"))
+    retrainer_port = _free_port()
     procs = [
         spawn(["worker"], env, logs / "worker.log"),
-        spawn(["retrainer"], env, logs / "retrainer.log"),
+        spawn(["retrainer", "--metrics-port", str(retrainer_port)], env, logs / "retrainer.log"),
     ]
+    page = Dashboard(
+        store,
+        settings,
+        metrics_urls=[f"http://127.0.0.1:{retrainer_port}/metrics"],
+        title="unlearn demo",
+    )
     try:
+        page.start()
+        console.print(f"status page: {page.url} (live while the demo runs)")
         summary = _drive(
             console,
             store,
@@ -144,18 +162,49 @@ def run_demo(
             n_subjects,
             rng,
         )
+        summary["dashboard_url"] = page.url
+        if keep:
+            _keep_running(console, page.url, procs, env)
     except PipelineError as exc:
         for name in ("worker", "retrainer"):
             tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
             console.print(f"[dim]--- {name} log (last lines) ---[/]\n" + "\n".join(tail))
         raise exc
     finally:
+        page.stop()
         codes = [stop(p) for p in procs]
         store.close()
     summary["seconds"] = time.monotonic() - started
     summary["exit_codes"] = codes
     console.print(f"done in {summary['seconds']:.1f} s; worker and retrainer stopped")
     return summary
+
+
+def _free_port() -> int:
+    """A port free on loopback now (for the retrainer's /metrics, which the page reads)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _keep_running(console: Console, url: str, procs: list[Any], env: dict[str, str]) -> None:
+    """Leave the pipeline and its page up until Ctrl-C (or until a process exits)."""
+    names = ("KAFKA_BOOTSTRAP", "REDIS_URL", "TOPIC_PREFIX", "KEY_NAMESPACE")
+    exports = " ".join(f"UNLEARN_{n}={redact_url(env[f'UNLEARN_{n}'])}" for n in names)
+    console.print(
+        f"the services, the worker, the retrainer and the status page stay up: {url}\n"
+        f"in another shell: export {exports}\n"
+        "then e.g. `unlearn delete --subject subject-7 --wait 30` and look it up on the "
+        "page; press Ctrl-C here to stop everything",
+        soft_wrap=True,
+        highlight=False,
+    )
+    try:
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+        console.print("a pipeline process exited; stopping the demo")
+    except KeyboardInterrupt:
+        console.print("stopping the demo")
 
 
 def _drive(
