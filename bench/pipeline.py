@@ -15,6 +15,9 @@ deletions so the worker has loaded it (a cold load reads every record from Redis
   is down, the worker started again: how fast it works through the backlog, from the
   commit of its first version after the restart (which includes loading the model) to the
   commit of its last, with the producer no longer competing for the two cores.
+* **bulk**: requests naming 100 records each (as many records as the throughput phase),
+  published as fast as they are sent; records erased per second, from the first send to
+  the commit of the version covering the last request.
 * **faust ceiling**: the same backlog drained by a faust agent that does nothing with its
   events (:mod:`bench.noop_agent`, built as the worker is): what faust's consumer and
   stream machinery alone sustain here, the bound of a worker that reads through faust.
@@ -79,6 +82,7 @@ PARTITIONS = 3
 WARMUP = 200
 QUICK_ROWS = 5_000  # --quick: enough for every phase's events, quick to train and load
 LOW_RATE = 250.0  # a rate the worker sustains on this machine, for comparison
+BULK_RECORDS = 100  # records named by each request of the bulk phase
 
 
 def _adult() -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +131,39 @@ def _request(model: str, record_id: str) -> DeletionRequested:
         reason="benchmark",
         ts=datetime.now(UTC),
     )
+
+
+def _bulk(
+    store: Store, producer: KafkaProducer, topics: Topics, ids: list[str], model: str
+) -> dict[str, Any]:
+    """Requests naming ``BULK_RECORDS`` records each, published as fast as they are sent."""
+    seq0 = store.models.applied_seq(model) or 0
+    chunks = [ids[i : i + BULK_RECORDS] for i in range(0, len(ids), BULK_RECORDS)]
+    start = time.perf_counter()
+    for chunk in chunks:
+        event = DeletionRequested(
+            request_id=uuid.uuid4().hex,
+            record_ids=chunk,
+            model_ids=[model],
+            reason="benchmark",
+            ts=datetime.now(UTC),
+        )
+        _send(producer, topics.deletions, event)
+    producer.flush()
+    done = _wait(
+        lambda: (store.models.applied_seq(model) or 0) - seq0 >= len(chunks),
+        600,
+        f"{len(chunks)} requests of {BULK_RECORDS} records applied",
+    )
+    held = store.records.count(model)
+    return {
+        "requests": len(chunks),
+        "records_per_request": BULK_RECORDS,
+        "records": len(ids),
+        "seconds": done - start,
+        "records_per_second": per_second(len(ids), done - start),
+        "records_left": held,
+    }
 
 
 def _send(producer: KafkaProducer, topic: str, event: DeletionRequested) -> None:
@@ -381,6 +418,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
     latency_seconds = 1.0 if quick else 15.0
     phases = {  # worker batching per phase: big batches for throughput, short waits for latency
         "throughput": {"max_batch": 5_000, "max_wait": 0.5},
+        "bulk": {"max_batch": 5_000, "max_wait": 0.5},
         "latency": {"max_batch": 1_000, "max_wait": 0.04},
     }
     X, y = _adult()
@@ -409,7 +447,15 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
                     # for the worker to join its group: not part of the figures
                     say(f"pipeline: {phase}: warming up ({WARMUP} deletions)")
                     _throughput(store, producer, topics, ids[:WARMUP], WARMUP, phase)
-                    if phase == "throughput":
+                    if phase == "bulk":
+                        n_bulk = n_events  # records: as many as the throughput phase
+                        say(f"pipeline: {n_bulk} records in requests of {BULK_RECORDS}")
+                        results[phase] = _bulk(
+                            store, producer, topics, ids[WARMUP : WARMUP + n_bulk], phase
+                        )
+                        rate = results[phase]["records_per_second"]
+                        say(f"pipeline: {format_rate(rate, ' records erased/s')}")
+                    elif phase == "throughput":
                         say(f"pipeline: {n_events} deletions as fast as they can be sent")
                         results[phase] = _throughput(
                             store, producer, topics, ids[WARMUP:], n_events, phase
@@ -478,6 +524,7 @@ def run_pipeline_bench(quick: bool = False, log: Log | None = None) -> dict[str,
         "drain": results["drain"],
         "faust_ceiling": results["faust_ceiling"],
         "raw_ceiling": results["raw_ceiling"],
+        "bulk": results["bulk"],
         "latency": results["latency"],
         "latency_low_rate": results["latency_low_rate"],
         "baseline": {

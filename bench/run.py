@@ -200,7 +200,7 @@ def _watch(lat: dict[str, Any]) -> str:
 
 def _pipeline(p: dict[str, Any]) -> list[str]:
     t, lat, low, base = p["throughput"], p["latency"], p["latency_low_rate"], p["baseline"]
-    drain, ceiling, raw = p["drain"], p["faust_ceiling"], p["raw_ceiling"]
+    drain, ceiling, raw, bulk = p["drain"], p["faust_ceiling"], p["raw_ceiling"], p["bulk"]
     ds = p["dataset"]
     where = "embedded Tansu and redis-server" if p["embedded_services"] else "external services"
     return [
@@ -233,6 +233,8 @@ def _pipeline(p: dict[str, Any]) -> list[str]:
         f"{format_rate(ceiling['events_per_second'])} | | |",
         f"| the same backlog through the intake's batch consumer with a no-op handler "
         f"(`workers.consumer.BatchConsumer`) | {format_rate(raw['events_per_second'])} | | |",
+        f"| records erased/s, requests naming {bulk['records_per_request']} records each "
+        f"({bulk['records']} records) | {format_rate(bulk['records_per_second'])} | 100,000 | |",
         f"| versions published / mean batch | {t['versions_published']} / "
         f"{t['mean_batch']:.0f} | | |",
         f"| producer send rate (events/s) | {format_rate(t['producer_events_per_second'])} | | |",

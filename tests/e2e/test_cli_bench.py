@@ -59,6 +59,10 @@ def test_bench_pipeline_json_applies_every_event_and_reports_rates():
     assert results["latency_low_rate"]["events"] == 250
     assert results["drain"]["events"] == results["faust_ceiling"]["events"] == 1000
     assert results["raw_ceiling"]["events"] == 1000
+    bulk = results["bulk"]
+    assert (bulk["requests"], bulk["records"]) == (10, 1000)
+    # every named record was erased: the model holds the rest of the quick rows
+    assert bulk["records_left"] == 5_000 - 200 - 1000
     assert results["dataset"]["n"] == 5_000
     assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["p99_s"] <= lat["max_s"]
     assert lat["target_rate"] == 1000.0
@@ -69,3 +73,4 @@ def test_bench_pipeline_json_applies_every_event_and_reports_rates():
     # rates are numbers, or None when a fast machine left no window to measure them over
     for figures in (tput, results["drain"], results["faust_ceiling"], results["raw_ceiling"]):
         assert figures["events_per_second"] is None or figures["events_per_second"] >= 0
+    assert bulk["records_per_second"] is None or bulk["records_per_second"] > 0
