@@ -44,6 +44,7 @@ import redis
 
 from pipeline.dashboard.scrape import Scrape, StreamWindow, scrape
 from pipeline.dashboard.state import (
+    HISTORY_LIMIT,
     models_state,
     receipts_of_request,
     receipts_of_subject,
@@ -127,6 +128,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._snapshot: dict[str, Any] = {}
         self._models: list[dict[str, Any]] = []
+        self._seen: dict[str, dict[int, dict[str, Any]]] = {}
         self._workers: list[dict[str, Any]] = []
         self._redis: dict[str, Any] = {"ok": False, "error": "not read yet", "as_of": None}
         self._server: ThreadingHTTPServer | None = None
@@ -139,7 +141,7 @@ class Dashboard:
         at = time.time()
         deadline_s = self.settings.legal_deadline.total_seconds()
         try:
-            self._models = models_state(self.store, deadline_s)
+            self._models = self._remember(models_state(self.store, deadline_s))
             self._workers = workers_state(self.store)
             self._redis = {"ok": True, "error": None, "as_of": at}
         except (redis.RedisError, PipelineError, OSError) as exc:
@@ -177,6 +179,25 @@ class Dashboard:
         with self._lock:
             self._snapshot = snapshot
         return snapshot
+
+    def _remember(self, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Keep every version seen while the page runs, with those Redis still holds.
+
+        A version whose data a later erasure removed is retired from Redis at once
+        (``UNLEARN_ERASED_VERSIONS_GRACE_S``), so Redis alone holds little history; the
+        page keeps the metadata of each version it read (no coefficients, no records).
+        Versions published and retired between two refreshes are not seen.
+        """
+        for m in models:
+            seen = self._seen.setdefault(m["model_id"], {})
+            if seen and min(seen) > m["current"]["version"]:  # the model was recreated
+                seen.clear()
+            for row in m["versions"]:
+                seen[row["version"]] = row
+            for old in sorted(seen)[:-HISTORY_LIMIT]:
+                del seen[old]
+            m["versions"] = [seen[v] for v in sorted(seen)]
+        return models
 
     def snapshot(self) -> dict[str, Any]:
         """The last snapshot built by :meth:`refresh`."""

@@ -177,14 +177,16 @@ def test_the_page_follows_the_stream_and_answers_a_receipt_lookup(live, browser)
     )
     versions, certificates, budgets = _chart(browser, f"chart-{MODEL}-certificate")
     history = {m.version: m for m in store.models.history(MODEL)}
-    assert versions[-1] == meta.version and set(versions) == set(history)
+    # every version Redis holds, and those the page saw before an erasure retired them
+    assert versions[-1] == meta.version and set(history) <= set(versions)
     assert certificates[-1] == pytest.approx(meta.certificate)
     assert budgets[-1] == pytest.approx(meta.budget)
     score = _chart(browser, f"chart-{MODEL}-score")
     assert score[1][-1] == pytest.approx(meta.holdout_metrics["accuracy"])
     assert len(score) == 2 + 10  # x, overall, and one series per digit class
     records = _chart(browser, f"chart-{MODEL}-records")
-    assert records[1] == [history[v].n_records for v in versions]
+    for v, held in history.items():
+        assert records[1][versions.index(v)] == held.n_records
 
     # the stream's charts: a positive deletion rate and latency percentiles, from /metrics
     def stream_seen() -> bool:

@@ -319,7 +319,9 @@
     out.replaceChildren(
       el("p", { class: `answer ${done ? "ok-text" : "bad-text"}`, data: { forgotten: String(done) } },
         done ? "Forgotten: yes, by every model that held the data." : "Forgotten: not (yet) everywhere."),
-      what.by === "subject" ? el("p", { class: "muted" }, `subject token ${answer.subject_token}; ${new Set(rs.map((r) => r.request_id)).size} request(s)`) : null,
+      el("p", { class: "muted" }, what.by === "subject"
+        ? `subject token ${answer.subject_token}; ${new Set(rs.map((r) => r.request_id)).size} request(s)`
+        : `request ${answer.request_id}`),
       el("ul", {}, rs.map((r) => el("li", {}, guarantee(r)))),
       el("table", { class: "small" },
         el("tr", {}, ...["request", "model", "status", "version", "method", "records", "certificate", "budget",
