@@ -17,6 +17,7 @@ served from step 2 on, reading the worker's and the retrainer's ``/metrics``.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import tempfile
 import time
@@ -199,12 +200,19 @@ def _keep_running(console: Console, url: str, procs: list[Any], env: dict[str, s
         soft_wrap=True,
         highlight=False,
     )
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)  # a SIGTERM stops as cleanly
     try:
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
         console.print("a pipeline process exited; stopping the demo")
     except KeyboardInterrupt:
         console.print("stopping the demo")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _drive(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -75,3 +79,48 @@ def test_engine_only_demo_still_works() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "relative parameter distance" in done.stdout
+
+
+def test_demo_keep_serves_the_page_until_ctrl_c() -> None:
+    """``unlearn demo --keep``: after the summary the status page still answers, with the
+    demo's model and live metrics; Ctrl-C (SIGINT) then stops everything, exit status 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_")}
+    env["COLUMNS"] = "160"
+    tag = uuid.uuid4().hex
+    env["PYTEST_DEMO_TAG"] = tag
+    demo = subprocess.Popen(
+        [UNLEARN, "demo", "--keep", "--subjects", "4", "--records", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in demo.stdout:  # until the demo says what stays up
+            lines.append(line)
+            if "stay up" in line:
+                break
+        text = "".join(lines)
+        found = re.search(r"stay up: (http://127\.0\.0\.1:\d+/)", text)
+        assert found, text[-3000:]
+        with urllib.request.urlopen(found.group(1) + "api/snapshot", timeout=10) as reply:
+            snapshot = json.load(reply)
+        assert [m["model_id"] for m in snapshot["models"]] == ["digits"]
+        assert snapshot["sources"]["redis"]["ok"]
+        assert snapshot["sources"]["metrics"] and all(
+            m["ok"] for m in snapshot["sources"]["metrics"]
+        ), snapshot["sources"]
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, out[-2000:] + err[-3000:]
+    assert "stopping the demo" in out
+    assert "Traceback" not in out + err
+    deadline = time.monotonic() + 30
+    while _processes_tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_tagged(tag)
