@@ -24,7 +24,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.applier import Forget, Outcome
 from pipeline.events import (
     DeletionRequested,
     ModelOps,
@@ -34,6 +33,7 @@ from pipeline.events import (
     encode_event,
 )
 from pipeline.intake import Message, Rejected
+from pipeline.ops import Forget, Outcome
 from pipeline.store.facade import Store
 from pipeline.training import load_holdout
 

@@ -2,7 +2,7 @@
 
 The worker's agent (``workers/federated.py``) decodes messages with
 :func:`decode_federated` and hands them, in order, to :meth:`FederatedCoordinator.handle`,
-which returns :class:`~pipeline.applier.Outcome` objects to publish exactly as the
+which returns :class:`~pipeline.ops.Outcome` objects to publish exactly as the
 deletion path's. Per federation (:mod:`pipeline.federated.board`) it keeps a
 :class:`~pipeline.federated.FederatedServer` in memory and:
 
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.applier import Outcome
 from pipeline.errors import SchemaError, UnknownClass, UnknownModel
 from pipeline.events import (
     ClassRemoved,
@@ -52,6 +51,7 @@ from pipeline.federated.errors import FederatedError, UnknownClient
 from pipeline.federated.server import FederatedServer
 from pipeline.federated.statistics import ClientStatistics
 from pipeline.intake import Message, Rejected, oversized, rejection_reason
+from pipeline.ops import Outcome
 from pipeline.store import Store
 from pipeline.store.versions import ModelSpec
 from pipeline.unlearning.kinds import kind_named

@@ -1,4 +1,4 @@
-"""The worker's logic (pipeline.applier) against the real redis-server, without a broker.
+"""The model writer (pipeline.applier, with plan, held and merge) on a real redis-server, no broker.
 
 Events are built as the agents build them; what is checked is what Redis holds after each
 batch and what the worker would publish.
@@ -11,9 +11,10 @@ import pytest
 from sklearn.datasets import load_digits
 
 from pipeline import LogisticUnlearner
-from pipeline.applier import Applier, Forget, Learn
+from pipeline.applier import Applier
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
 from pipeline.intake import Message
+from pipeline.ops import Forget, Learn
 from pipeline.policy import RetrainPolicy
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.routing import Router
@@ -215,7 +216,7 @@ def test_a_batch_that_overshoots_the_budget_is_refitted_before_publishing(
 ) -> None:
     rng = np.random.default_rng(0)
     noise = [learn(f"n{i}", f"noise-{i}", "n", rng.random(64) * 8, i % 10) for i in range(40)]
-    with caplog.at_level("WARNING", logger="pipeline.applier"):
+    with caplog.at_level("WARNING", logger="pipeline.held"):
         out = Applier(store).apply(model, noise)
     assert "over the budget" in caplog.text  # the update alone overshot
     pub = out.published

@@ -19,12 +19,13 @@ import pytest
 from kafka import KafkaProducer
 from sklearn.datasets import load_digits
 
-from pipeline.applier import Applier, Forget, Learn
+from pipeline.applier import Applier
 from pipeline.audit import UnknownRequest, audit, latest_report, load_report
 from pipeline.errors import UnknownModel
 from pipeline.events import DeletionRequested, RecordAdded, encode_event
 from pipeline.intake import Message
 from pipeline.metrics import Metrics
+from pipeline.ops import Forget, Learn
 from pipeline.routing import Router
 from pipeline.sdk.deletions import partition_for
 from pipeline.store import Store

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.applier import Applier, Forget
+from pipeline.applier import Applier
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded, encode_event
+from pipeline.ops import Forget
 from pipeline.sdk import DeletionClient, ModelClient
 from pipeline.sdk.deletions import partition_for
 from pipeline.store.keys import subject_token

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.applier import Applier, Forget, Learn
+from pipeline.applier import Applier
 from pipeline.embedded import EmbeddedRedisCluster
 from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
 from pipeline.intake import Message
+from pipeline.ops import Forget, Learn
 from pipeline.routing import Router
 from pipeline.sdk import DeletionClient, ModelClient
 from pipeline.store import Store

@@ -36,10 +36,11 @@ import pytest
 import redis
 from sklearn.datasets import load_digits
 
-from pipeline.applier import Applier, Forget
+from pipeline.applier import Applier
 from pipeline.audit import audit, latest_report, load_report
 from pipeline.embedded import EmbeddedRedis
 from pipeline.events import DeletionRequested
+from pipeline.ops import Forget
 from pipeline.routing import Router
 from pipeline.sdk import ModelClient
 from pipeline.store import AclUser, KeySpace, Store

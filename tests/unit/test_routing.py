@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pipeline.applier import Forget
 from pipeline.events import DeletionRequested, ModelOps, decode_event, encode_event
 from pipeline.intake import Message
+from pipeline.ops import Forget
 from pipeline.routing import forgets, model_ops
 
 
