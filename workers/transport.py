@@ -32,14 +32,12 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as driver
 
+from pipeline.notices import Notice
 from pipeline.retry import Backoff
 
 __all__ = ["App", "Notice", "deliver"]
 
 log = logging.getLogger("unlearn.worker")
-
-Notice = tuple[str, bytes | None, bytes | None, int | None]
-"""A message to send: topic, key, value (``None``: a tombstone), partition (or ``None``)."""
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
