@@ -1,0 +1,45 @@
+"""What each stage does on the writer's thread: calls into :mod:`pipeline`, no faust.
+
+The agents of :mod:`workers.app` decode a batch, hand one of these functions to
+:meth:`workers.runtime.Runtime.run` (the one executor thread that writes models), and
+publish the outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from pipeline.applier import Applier
+from pipeline.ops import Forget, Op, Outcome
+from pipeline.routing import Router, model_ops
+
+__all__ = ["apply_by_model", "route_deletions"]
+
+
+def route_deletions(
+    router: Router,
+    applier: Applier,
+    ops: list[Forget],
+    owns: Callable[[str], bool],
+    max_bytes: int,
+) -> list[Outcome]:
+    """The intake stage: suppressions, received receipts, and per-model batches.
+
+    A model whose partition this worker owns is applied here at once (with one worker,
+    every model): the hop through ``unlearn.model-ops`` would only add latency, and the
+    owner is still the only writer. The others' batches go in the routing outcome's
+    ``forward``, for their owners.
+    """
+    by_model, routed = router.route(ops)
+    local = {m: batch for m, batch in by_model.items() if owns(m)}
+    remote = {m: batch for m, batch in by_model.items() if m not in local}
+    routed.forward = model_ops(remote, max_bytes)
+    return [routed] + [applier.apply(m, batch) for m, batch in local.items()]
+
+
+def apply_by_model(applier: Applier, ops: Iterable[tuple[str, Op]]) -> list[Outcome]:
+    """The owner stage: each model's operations, in order, applied as one batch."""
+    by_model: dict[str, list[Op]] = {}
+    for model_id, op in ops:
+        by_model.setdefault(model_id, []).append(op)
+    return [applier.apply(m, batch) for m, batch in by_model.items()]
