@@ -13,8 +13,11 @@ until the model's applied sequence covers all ``n`` requests.
 Figures per case (the moments are commits of versions, read from the model's publication
 stream, and the bench's own clock, on one machine):
 
-* **joined**: from spawning the workers to the moment every worker's status key first
-  reports assigned partitions (each worker writes it on every assignment).
+* **joined**: from spawning the workers to the moment every worker is in every consumer
+  group the worker runs (the model owners' faust group and the intake's own group on
+  ``unlearn.deletions``): the latest of the workers' first ``Successfully synced group``
+  log lines, per group. A worker's first sync puts it in a generation with every member
+  that joined before it, so the latest first sync is the generation with all of them.
 * **joined to done** and its **events/s**, the comparison of record: from the join to
   the commit of the version covering the last request, and the requests not yet applied
   at the join over that window. It leaves out process start-up, which is not the
@@ -26,10 +29,11 @@ stream, and the bench's own clock, on one machine):
 * **drain**: from the first version committed after the join to the last, the requests
   after that first version over that window (as the pipeline bench's drain phase): the
   rate once the model is loaded.
-* **loads** and **conflict reloads**: from the workers' logs, the lines of
-  :meth:`pipeline.applier.Applier._load` (``loaded model ...``: every read of the model
-  from Redis, the first load included) and of the version check's retry (``... moved
-  under this worker; reloading``: another process published the model first).
+* **loads** and **conflict reloads**: from the workers' logs, the applier's
+  ``loaded model ...`` lines (every read of the model from Redis, the first load
+  included) and its version check's retry (``... moved under this worker; reloading``:
+  another process published the model first). A case without a single load line means
+  the message changed: the bench raises rather than report 0.
 
 Before reporting, the bench checks the outcome and raises if it is wrong: every request
 has exactly one receipt, for this model, final and ``applied`` with its two records; no
@@ -74,6 +78,10 @@ ROWS_PER_SUBJECT = 2
 WORKERS = (1, 3)
 _LOADED = re.compile(rf"loaded model '{MODEL}' v")
 _CONFLICT = re.compile(rf"model '{MODEL}' moved under this worker")
+_SYNCED = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] .*Successfully synced group (\S+) ",
+    re.MULTILINE,
+)
 
 
 def _table() -> Table:
@@ -116,14 +124,23 @@ def _messages(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def _joined(store: Store, pids: set[int]) -> bool:
-    """Every worker in ``pids`` has reported assigned partitions in its status key."""
-    ready = set()
-    for key in store.client.scan_iter(match=store.keys.worker("*")):
-        status = json.loads(store.client.get(key) or "{}")
-        if status.get("assigned_partitions", 0) > 0:
-            ready.add(status.get("pid"))
-    return pids <= ready
+def _joined(logs: list[Path], case: str) -> float:
+    """When every worker was in every group (see the module docstring), as a Unix time."""
+    first: list[dict[str, float]] = []
+    for path in logs:
+        synced: dict[str, float] = {}
+        for stamp, group in _SYNCED.findall(path.read_text(errors="replace")):
+            at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local, as logged
+            synced.setdefault(group, at)
+        first.append(synced)
+    groups = set().union(*first)
+    if not groups or any(set(synced) != groups for synced in first):
+        msg = (
+            f"scale bench, {case}: not every worker logged a 'Successfully synced group' line "
+            f"for each of {sorted(groups)} in {logs[0].parent}; update _SYNCED"
+        )
+        raise AssertionError(msg)
+    return max(at for synced in first for at in synced.values())
 
 
 def _check_receipts(store: Store, requests: list[str], case: str) -> None:
@@ -175,24 +192,16 @@ def _case(
             retrain_min_interval=3600,
         )
         seq0 = store.models.applied_seq(MODEL) or 0
+
+        def covered() -> bool:
+            return (store.models.applied_seq(MODEL) or 0) - seq0 >= n
+
         logs = [logdir / f"worker{i}.log" for i in range(workers)]
         say(f"scale: {case}: draining {n} subject deletions (logs in {logdir})")
         start = time.time()
         procs = [spawn(["worker", "-v"], env, path) for path in logs]
         try:
-            pids = {p.pid for p in procs}
-            joined: float | None = None
-
-            def covered() -> bool:
-                nonlocal joined
-                if joined is None and _joined(store, pids):
-                    joined = time.time()
-                return (store.models.applied_seq(MODEL) or 0) - seq0 >= n
-
             _wait(covered, 300, f"{case}: {n} deletions applied (worker logs in {logdir})")
-            if joined is None:  # the drain ended first: the join is still worth reporting
-                _wait(lambda: _joined(store, pids), 60, f"{case}: every worker joined")
-                joined = time.time()
             versions = sorted(
                 (int(e["version"]), int(e["seq"]), datetime.fromisoformat(e["created_at"]))
                 for e in store.models.notices(MODEL, count=100_000)
@@ -206,6 +215,11 @@ def _case(
         finally:
             for proc in procs:
                 stop(proc)
+        loads = _count(logs, _LOADED)
+        if loads == 0:  # the model was loaded to be changed: the log line must have moved
+            msg = f"scale bench, {case}: no {_LOADED.pattern!r} line in {logdir}; update _LOADED"
+            raise AssertionError(msg)
+        joined = _joined(logs, case)
         last = versions[-1]
         before = [v for v in versions if v[2].timestamp() < joined]
         after = [v for v in versions if v[2].timestamp() >= joined]
@@ -223,7 +237,7 @@ def _case(
             "drain_s": drain,
             "drain_events_per_second": per_second(last[1] - after[0][1], drain) if after else None,
             "versions_published": len(versions),
-            "loads": _count(logs, _LOADED),
+            "loads": loads,
             "conflict_reloads": _count(logs, _CONFLICT),
             "receipts_checked": len(requests),
         }
@@ -268,11 +282,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"each, no model named) on `unlearn.deletions` with {result['partitions']} "
         f"partitions, one binary logistic model on {ds['name']} (n = {ds['n']}, d = {ds['d']}); "
         "then `unlearn worker` processes started together, fresh topics and namespace per "
-        "case. *Joined* is when every worker first reported assigned partitions, from the "
-        "spawn; *joined to done* runs from there to the commit of the version covering the "
-        "last request, and its events/s counts the requests not applied at the join: the "
-        "comparison of record, which leaves out process start-up (three processes start "
-        "slower than one on two cores) and keeps the model's load, any rebalance and the "
+        "case. *Joined* is when every worker was in each of its consumer groups (the "
+        "owners' and the intake's; from their logs), from the spawn; *joined to done* runs "
+        "from there to the commit of the version covering the last request, and its "
+        "events/s counts the requests not applied at the join: the comparison of record, "
+        "which leaves out process start-up (three processes start slower than one on two "
+        "cores) and keeps the model's load, any rebalance and the "
         "drain. *Start to done* runs from the spawn, start-up included; *drain* from the "
         "first version committed after the join to the last. *Loads* counts every read of "
         "the model from Redis, the first included; *conflict reloads* the reloads after "
