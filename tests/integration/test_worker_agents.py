@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kafka import KafkaConsumer
 from sklearn.datasets import load_digits
 
@@ -41,7 +42,20 @@ from workers.app import build_app
 PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
 
 
-def _train(store: Store) -> str:
+MODEL = "digits"
+
+
+@pytest.fixture
+def worker(services: EmbeddedServices, topics: Topics, store: Store, test_id: str) -> Any:
+    """A trained model and a worker app on this test's topics and key namespace."""
+    _train(store)
+    settings = Settings(
+        topic_prefix=topics.prefix, key_namespace=test_id, partitions=3, max_wait=0.05
+    )
+    return build_app(settings, services.kafka_bootstrap, services.redis_url)
+
+
+def _train(store: Store) -> None:
     X, y = load_digits(return_X_y=True)
     X, y = X[:300] / 16.0, y[:300]
     table = Table(
@@ -50,8 +64,7 @@ def _train(store: Store) -> str:
         subjects=[f"s{i % 50}" for i in range(len(y))],
         ids=[f"r{i}" for i in range(len(y))],
     )
-    train_model(store, "digits", table, params=PARAMS, holdout=0.2, seed=1)
-    return "digits"
+    train_model(store, MODEL, table, params=PARAMS, holdout=0.2, seed=1)
 
 
 def _agent(app: Any, name: str) -> Any:
@@ -86,13 +99,10 @@ def _read(bootstrap: str, topic: str, wait_ms: int = 3000) -> list[Any]:
 
 
 def test_the_owner_agent_applies_a_routed_batch_and_publishes_its_notices(
-    services: EmbeddedServices, topics: Topics, store: Store, test_id: str
+    services: EmbeddedServices, topics: Topics, store: Store, worker: Any
 ) -> None:
-    model = _train(store)
-    settings = Settings(
-        topic_prefix=topics.prefix, key_namespace=test_id, partitions=3, max_wait=0.05
-    )
-    app, runtime = build_app(settings, services.kafka_bootstrap, services.redis_url)
+    app, runtime = worker
+    model = MODEL
     doomed = sorted(store.records.subject_record_ids(model, "s7"))
     holdout = load_holdout(store, model)
     assert holdout is not None
@@ -100,7 +110,7 @@ def test_the_owner_agent_applies_a_routed_batch_and_publishes_its_notices(
     request = DeletionRequested(request_id="q-agent", subject_id="s7")
     origin = Message(topics.deletions, 0, 41, b"s7", encode_event(request))
     by_model, _ = runtime.router.route([Forget(request, origin)])  # the intake stage
-    [batch] = model_ops(by_model, settings.max_event_bytes)
+    [batch] = model_ops(by_model, runtime.settings.max_event_bytes)
     owner = _agent(app, "owner")
 
     async def scenario() -> None:
@@ -138,13 +148,10 @@ def test_the_owner_agent_applies_a_routed_batch_and_publishes_its_notices(
 
 
 def test_the_records_agent_learns_a_record_and_dead_letters_a_bad_one(
-    services: EmbeddedServices, topics: Topics, store: Store, test_id: str
+    services: EmbeddedServices, topics: Topics, store: Store, worker: Any
 ) -> None:
-    model = _train(store)
-    settings = Settings(
-        topic_prefix=topics.prefix, key_namespace=test_id, partitions=3, max_wait=0.05
-    )
-    app, _ = build_app(settings, services.kafka_bootstrap, services.redis_url)
+    app, _ = worker
+    model = MODEL
     good = RecordAdded(
         event_id="e-good",
         model_id=model,
