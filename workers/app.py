@@ -7,9 +7,10 @@
    ``unlearn.model-ops``;
 2. **owner** agent, on ``unlearn.model-ops``: apply the batches routed to the models whose
    partition this worker holds;
-3. **records** agent, on ``unlearn.records`` (co-partitioned with ``unlearn.model-ops``,
-   so the same worker): learn new records per model (tombstones, which the pipeline
-   writes itself after an erasure, are skipped);
+3. **records**, on ``unlearn.records`` (a :class:`~workers.consumer.BatchConsumer` that
+   follows faust's assignment of ``unlearn.model-ops``: partition p of both to the same
+   worker, the model's owner): learn new records per model (tombstones, which the
+   pipeline writes itself after an erasure, are skipped);
 4. **federated** agent, on ``unlearn.federated`` (:mod:`workers.federated`);
 5. **timers**: merge refits handed back by the retrainer; fire the cron schedule; refresh
    the gauges; keep the worker's status key alive.
@@ -136,18 +137,12 @@ def build_app(
         deletions,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait,
-        config=consumer_config(app, settings),
+        config=consumer_config(app, settings, "intake"),
     )
 
     @app.task
     async def consume_deletions() -> None:
-        try:
-            await intake.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug or a broker that refuses us: stop, be restarted
-            log.exception("the deletion consumer stopped")
-            await app.crash(exc)
+        await _until_crash(app, intake, "the deletion consumer")
 
     # ---- 2. owner: unlearn.model-ops -> the models of this worker's partitions ----------
     @app.agent(topic(topics.model_ops))
@@ -174,28 +169,47 @@ def build_app(
             )
 
     # ---- 3. records: unlearn.records -> learned by the model's owner --------------------
-    @app.agent(topic(topics.records))
-    async def records(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
-            good, bad = runtime.decode(events, RecordAdded)
-            ops = [Learn(ev, msg) for ev, msg in good]
-            if not ops and not bad:
-                continue  # only tombstones (our own erasures): nothing to apply or count
-            with metrics.batch("records", len(events)):
-                outcomes = await runtime.guarded(
-                    "record",
-                    ops,
-                    lambda part: runtime.run(
-                        apply_by_model, runtime.applier, [(op.event.model_id, op) for op in part]
-                    ),
-                    lambda op: op.message,
-                )
-            await runtime.publish(
-                outcomes,
-                bad,
-                "records",
-                lambda o, good=good: [ev.ts for ev, _ in good if ev.model_id == o.model_id],
+    async def records(messages: list[Message]) -> None:
+        good, bad = runtime.decode(messages, RecordAdded)
+        ops = [Learn(ev, msg) for ev, msg in good]
+        if not ops and not bad:
+            return  # only tombstones (our own erasures): nothing to apply or count
+        with metrics.batch("records", len(messages)):
+            outcomes = await runtime.guarded(
+                "record",
+                ops,
+                lambda part: runtime.run(
+                    apply_by_model, runtime.applier, [(op.event.model_id, op) for op in part]
+                ),
+                lambda op: op.message,
             )
+        await runtime.publish(
+            outcomes,
+            bad,
+            "records",
+            lambda o, good=good: [ev.ts for ev, _ in good if ev.model_id == o.model_id],
+        )
+
+    # Partition p of unlearn.records goes with partition p of unlearn.model-ops, which
+    # faust assigns: the records consumer follows that assignment (see on_revoked and
+    # on_assigned), so a model's records reach its owner; it reads in record batches, as
+    # the intake does, and skips the tombstones of the worker's own erasures cheaply.
+    records_in = BatchConsumer(
+        topics.records,
+        f"{app_id}-records",
+        kafka_bootstrap,
+        records,
+        max_batch=settings.max_batch,
+        max_wait=settings.max_wait,
+        config=consumer_config(app, settings, "records"),
+        follow=True,
+    )
+
+    runtime.consumers.update(intake=intake, records=records_in)
+
+    @app.task
+    async def consume_records() -> None:
+        await _until_crash(app, records_in, "the records consumer")
 
     # ---- 4. federated: unlearn.federated -> the federation's server ---------------------
     register_federated(app, runtime, topic)
@@ -250,18 +264,38 @@ def build_app(
             log.warning("refreshing the model gauges failed", exc_info=True)
         monitor = app.monitor
         ends, committed = intake.lag()
-        ends.update(monitor.tp_end_offsets or {})
-        committed.update(monitor.tp_committed_offsets or {})
+        records_ends, records_committed = records_in.lag()
+        ends.update({**records_ends, **(monitor.tp_end_offsets or {})})
+        committed.update({**records_committed, **(monitor.tp_committed_offsets or {})})
         metrics.lag(dict(ends), dict(committed))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # before faust hands the partitions on: the records batch in hand is applied and
+        # committed first, so the next owner starts where this one stopped
+        await records_in.follow(())
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        await records_in.follow(tp.partition for tp in assigned if tp.topic == topics.model_ops)
         runtime.assigned = len(assigned)
         with runtime.outage.tolerated("the status heartbeat"):
             await runtime.aside(runtime.write_status)
         log.info("worker %s ready: %d partitions assigned", runtime.name, len(assigned))
 
     return app, runtime
+
+
+async def _until_crash(app: faust.App, consumer: BatchConsumer, what: str) -> None:
+    """Run a batch consumer for the app's life; an error stops the worker (a supervisor
+    restarts it, and the uncommitted batch is read again)."""
+    try:
+        await consumer.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug or a broker that refuses us
+        log.exception("%s stopped", what)
+        await app.crash(exc)
 
 
 _SENSORS: dict[CollectorRegistry, FaustMetrics] = {}

@@ -68,9 +68,10 @@ def topic_partitions(bootstrap: str, topic: str, settings: Settings) -> int:
         consumer.close()
 
 
-def consumer_config(app: faust.App, settings: Settings) -> dict[str, Any]:
+def consumer_config(app: faust.App, settings: Settings, name: str) -> dict[str, Any]:
     """aiokafka consumer options matching the faust app's consumer (timeouts, fetch
-    sizes and wait, security), for :class:`~workers.consumer.BatchConsumer`."""
+    sizes and wait, security), for a :class:`~workers.consumer.BatchConsumer` called
+    ``name`` (its client id's suffix)."""
     conf = app.conf
     config: dict[str, Any] = {
         "fetch_max_wait_ms": round(settings.fetch_max_wait * 1000),
@@ -79,7 +80,7 @@ def consumer_config(app: faust.App, settings: Settings) -> dict[str, Any]:
         "heartbeat_interval_ms": round(conf.broker_heartbeat_interval * 1000),
         "rebalance_timeout_ms": round(conf.broker_rebalance_timeout * 1000),
         "request_timeout_ms": round(conf.broker_request_timeout * 1000),
-        "client_id": f"{conf.broker_client_id}-intake",
+        "client_id": f"{conf.broker_client_id}-{name}",
     }
     security = settings.kafka_config()
     config["security_protocol"] = security.pop("security_protocol")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -56,6 +56,12 @@ class _Drain(ConsumerRebalanceListener):  # type: ignore[misc]
 class BatchConsumer:
     """Consume one topic in batches of up to ``max_batch``, filled for at most ``max_wait``.
 
+    Two ways to get partitions: as a member of its consumer group (the default: the
+    group's assignment), or following another assignment (``follow=True``): it reads
+    only the partitions :meth:`follow` names, and uses the group only for its offsets.
+    The worker reads ``unlearn.records`` that way, following faust's assignment of
+    ``unlearn.model-ops``, so that a model's records reach the worker that owns it.
+
     Parameters
     ----------
     topic : str
@@ -70,6 +76,8 @@ class BatchConsumer:
         As the agents' ``take_events(max_batch, within=max_wait)``.
     config : dict
         More ``AIOKafkaConsumer`` options (timeouts, fetch sizes, security).
+    follow : bool
+        Read the partitions given to :meth:`follow` (none until then), not the group's.
     """
 
     def __init__(
@@ -82,12 +90,18 @@ class BatchConsumer:
         max_batch: int,
         max_wait: float,
         config: Mapping[str, Any] | None = None,
+        follow: bool = False,
     ) -> None:
         self.topic = topic
+        self.follows = follow
+        self._busy = asyncio.Lock()  # held while a batch is handled and committed
+        self._wanted: list[TopicPartition] = []
+        self._assigned = asyncio.Event()
         self.group_id = group_id
         self.max_batch = max_batch
         self.max_wait = max_wait
-        self._handle = handle
+        self.handle = handle
+        """The batch handler (a stage of the worker; tests call it directly)."""
         self._options = {
             "bootstrap_servers": bootstrap,
             "group_id": group_id,
@@ -102,18 +116,40 @@ class BatchConsumer:
     async def run(self) -> None:
         """Consume until cancelled."""
         self._consumer = consumer = AIOKafkaConsumer(**self._options)
-        busy = asyncio.Lock()
-        consumer.subscribe([self.topic], listener=_Drain(busy))
+        if self.follows:
+            consumer.assign(self._wanted)
+        else:
+            consumer.subscribe([self.topic], listener=_Drain(self._busy))
         await consumer.start()
         try:
             while True:
+                if self.follows and not self._wanted:
+                    await self._assigned.wait()
+                    continue
                 batch = await self._take()
-                if batch:
-                    async with busy:
-                        await self._handle([m for records in batch.values() for m in records])
+                async with self._busy:
+                    # partitions that moved while the batch was filled are their next
+                    # holder's, from the offsets committed before they moved
+                    held = consumer.assignment()
+                    batch = {tp: ms for tp, ms in batch.items() if tp in held and ms}
+                    if batch:
+                        await self.handle([m for records in batch.values() for m in records])
                         await self._commit(batch)
         finally:
             await consumer.stop()
+
+    async def follow(self, partitions: Iterable[int]) -> None:
+        """Read exactly these partitions of the topic (``follow=True`` only), once the
+        batch in hand is handled and committed: a partition leaves with its offsets."""
+        wanted = sorted(TopicPartition(self.topic, p) for p in set(partitions))
+        async with self._busy:
+            self._wanted = wanted
+            if self._consumer is not None:
+                self._consumer.assign(wanted)
+            if wanted:
+                self._assigned.set()
+            else:
+                self._assigned.clear()
 
     def lag(self) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
         """End offsets and committed offsets of the assigned partitions."""

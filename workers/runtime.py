@@ -77,6 +77,8 @@ class Runtime:
     started: float = field(default_factory=time.time)
     assigned: int = 0
     outage: Outage = field(default_factory=lambda: Outage(log))  # Redis unreachable
+    consumers: dict[str, Any] = field(default_factory=dict)
+    """The stages read with batch consumers, by name (``intake``, ``records``)."""
 
     # ---- threads -----------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -106,3 +106,59 @@ def test_committed_offsets_are_not_read_again(services: EmbeddedServices, topics
     later, error = asyncio.run(_consume(bootstrap, topic, group, until=10))
     assert error is None
     assert sum(len(b) for b in later) == 10
+
+
+async def _produce_to(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, n in per_partition.items():
+            for i in range(n):
+                await producer.send(topic, f"p{partition}-{i}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def test_a_follower_reads_only_the_partitions_it_is_given_and_hands_them_on_committed(
+    services: EmbeddedServices, topics: Topics
+) -> None:
+    """The records consumer follows faust's assignment of the model-ops partitions: it
+    reads what it is told, and a partition it gives up leaves with its offsets."""
+    bootstrap, topic = services.kafka_bootstrap, topics.records
+    group = f"{topic}-g"
+    asyncio.run(_produce_to(bootstrap, topic, {0: 30, 1: 30, 2: 30}))
+
+    async def follow(steps: list[tuple[set[int], int]]) -> list[set[tuple[int, int]]]:
+        """Follow each step's partitions until that many messages were handled."""
+        seen: list[set[tuple[int, int]]] = []
+
+        async def handle(messages: list[Message]) -> None:
+            seen[-1].update((m.partition, m.offset) for m in messages)
+
+        consumer = BatchConsumer(
+            topic, group, bootstrap, handle, max_batch=40, max_wait=0.05, config=FAST, follow=True
+        )
+        task = asyncio.ensure_future(consumer.run())
+        try:
+            for partitions, expected in steps:
+                seen.append(set())
+                await consumer.follow(partitions)
+                deadline = asyncio.get_running_loop().time() + 60
+                while len(seen[-1]) < expected:
+                    assert not task.done(), task.exception()
+                    assert asyncio.get_running_loop().time() < deadline, (partitions, seen)
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    only_0, the_rest = asyncio.run(follow([({0}, 30), ({1, 2}, 60)]))
+    assert {p for p, _ in only_0} == {0} and len(only_0) == 30
+    assert {p for p, _ in the_rest} == {1, 2} and len(the_rest) == 60
+    # partition 0 was committed when it was given up: a new follower of it reads only
+    # what came after
+    asyncio.run(_produce_to(bootstrap, topic, {0: 5}))
+    (again,) = asyncio.run(follow([({0}, 5)]))
+    assert again == {(0, offset) for offset in range(30, 35)}

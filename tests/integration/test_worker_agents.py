@@ -147,10 +147,10 @@ def test_the_owner_agent_applies_a_routed_batch_and_publishes_its_notices(
     assert {m.partition for m in tombstones} == {partition_of(model, 3)}
 
 
-def test_the_records_agent_learns_a_record_and_dead_letters_a_bad_one(
+def test_the_records_stage_learns_a_record_and_dead_letters_a_bad_one(
     services: EmbeddedServices, topics: Topics, store: Store, worker: Any
 ) -> None:
-    app, _ = worker
+    app, runtime = worker
     model = MODEL
     good = RecordAdded(
         event_id="e-good",
@@ -162,22 +162,28 @@ def test_the_records_agent_learns_a_record_and_dead_letters_a_bad_one(
     )
     bad = good.model_copy(update={"event_id": "e-bad", "record_id": "new-2", "features": [1.0]})
 
+    records = runtime.consumers["records"]  # a batch consumer's stage, not a faust agent
+    batch = [
+        Message(
+            topics.records,
+            partition_of(model, 3),
+            offset,
+            record_key(model, event.record_id),
+            encode_event(event),
+        )
+        for offset, event in enumerate((good, bad))
+    ]
+
     async def scenario() -> None:
         await app.producer.start()
         try:
-            async with _agent(app, "records").test_context() as agent:
-                for event in (good, bad):
-                    await agent.put(encode_event(event), key=record_key(model, event.record_id))
-                await _until(lambda: "new-1" in store.records.ids(model), "the record learned")
-                await _until(
-                    lambda: bool(_read(services.kafka_bootstrap, topics.dead_letter, 200)),
-                    "the bad record dead-lettered",
-                )
+            await records.handle(batch)  # returns once the notices are acknowledged
         finally:
             await app.producer.stop()
 
     asyncio.run(scenario())
 
+    assert "new-1" in store.records.ids(model)
     assert "new-2" not in store.records.ids(model)
     [letter] = [
         decode_event(m.value, DeadLetter)
