@@ -19,11 +19,14 @@ from pipeline.store.models import ModelRegistry
 from pipeline.store.receipts import DEFAULT_LEGAL_DEADLINE, ReceiptStore
 from pipeline.store.records import RecordStore
 from pipeline.store.suppression import DEFAULT_RETENTION, Suppressions
+from pipeline.store.wire import CommandPacker
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
 
 __all__ = ["Store", "connect"]
+
+_PACKER = CommandPacker()  # stateless: one for every connection
 
 
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> redis.Redis:
@@ -51,9 +54,9 @@ def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> redis.Redis:
     if cluster:
         from redis.cluster import RedisCluster
 
-        client: Any = RedisCluster.from_url(url, **kwargs)
+        client: Any = RedisCluster.from_url(url, **kwargs)  # takes no command_packer
         return cast("redis.Redis", client)
-    return redis.Redis.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **{"command_packer": _PACKER, **kwargs})
 
 
 class Store:
