@@ -21,6 +21,7 @@ COMMANDS = [
     ("SET", "ünïcode", "välue"),
     ("SET", b"k", b"\x00\xff\r\n"),
     ("CLIENT SETNAME", "worker"),
+    (b"CLIENT SETNAME", b"worker"),
     ("SET", "k", bytearray(b"x")),
     ("SET", "k", memoryview(b"abc")),
     ("MSET", *(f"k{i}" for i in range(500)), *(b"v" * 100 for _ in range(500))),
@@ -36,5 +37,8 @@ def test_the_same_bytes_as_redis_py(command: tuple) -> None:
 
 @pytest.mark.parametrize("bad", [True, None, object()])
 def test_what_redis_py_refuses_is_refused_with_its_error(bad: object) -> None:
-    with pytest.raises(DataError):
+    with pytest.raises(DataError) as ours:
         CommandPacker().pack("SET", "k", bad)
+    with pytest.raises(DataError) as theirs:
+        REDIS_PY.pack("SET", "k", bad)
+    assert str(ours.value) == str(theirs.value)
