@@ -26,6 +26,7 @@ from rich.table import Table
 
 from pipeline.config import ResolvedServices, Settings, load_settings, resolve_services
 from pipeline.errors import PipelineError, UnknownModel
+from workers.processes import stop_requested
 
 app = typer.Typer(
     help="A streaming machine-unlearning pipeline: forget records, keep models certified.",
@@ -207,20 +208,22 @@ def services(
 
     try:
         with EmbeddedServices() as found, ExitStack() as stack:
+            stopping = stack.enter_context(stop_requested())  # before the address is out
             sys.stdout.write(f"UNLEARN_KAFKA_BOOTSTRAP={found.kafka_bootstrap}\n")
             sys.stdout.write(f"UNLEARN_REDIS_URL={found.redis_url}\n")
             sys.stdout.flush()
-            if dashboard:
+            if dashboard and not stopping.is_set():
                 resolved = ResolvedServices(found.kafka_bootstrap, found.redis_url, embedded=True)
                 page = stack.enter_context(_dashboard(load_settings(), resolved))
                 errors.print(f"status page: {page.url}")
             errors.print("embedded services running; press Ctrl-C to stop them")
-            while found.kafka.running and found.redis.running:
-                time.sleep(0.5)
-            msg = "an embedded service exited unexpectedly"
-            raise PipelineError(msg)
-    except KeyboardInterrupt:
-        errors.print("stopped the embedded services")
+            while not stopping.wait(0.5):
+                if not (found.kafka.running and found.redis.running):
+                    msg = "an embedded service exited unexpectedly"
+                    raise PipelineError(msg)
+    except KeyboardInterrupt:  # before the handler was in place
+        pass
+    errors.print("stopped the embedded services")
 
 
 @contextmanager
@@ -273,13 +276,10 @@ def dashboard(
         )
         raise PipelineError(msg)
     found = ResolvedServices(settings.kafka_bootstrap or "", settings.redis_url, embedded=False)
-    try:
-        with _dashboard(settings, found, metrics) as page:
-            errors.print(f"status page: {page.url} (read-only; Ctrl-C stops it)")
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        errors.print("stopped the status page")
+    with stop_requested() as stopping, _dashboard(settings, found, metrics) as page:
+        errors.print(f"status page: {page.url} (read-only; Ctrl-C stops it)")
+        stopping.wait()
+    errors.print("stopped the status page")
 
 
 # ---- models -----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ served from step 2 on, reading the worker's and the retrainer's ``/metrics``.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import tempfile
 import time
@@ -42,7 +41,7 @@ from pipeline.store import Store
 from pipeline.topics import Topics, ensure_topics
 from pipeline.training import Table as Rows
 from pipeline.training import train_model
-from workers.processes import child_env, spawn, stop
+from workers.processes import child_env, spawn, stop, stop_requested
 from workers.retrainer import request_retrain
 
 __all__ = ["run_demo"]
@@ -201,18 +200,12 @@ def _keep_running(console: Console, url: str, procs: list[Any], env: dict[str, s
         highlight=False,
     )
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupted)  # a SIGTERM stops as cleanly
-    try:
-        while all(proc.poll() is None for proc in procs):
-            time.sleep(0.5)
-        console.print("a pipeline process exited; stopping the demo")
-    except KeyboardInterrupt:
-        console.print("stopping the demo")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stop_requested() as stop:  # Ctrl-C or SIGTERM
+        while not stop.wait(0.5):
+            if any(proc.poll() is not None for proc in procs):
+                console.print("a pipeline process exited; stopping the demo")
+                return
+    console.print("stopping the demo")
 
 
 def _drive(

@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["child_env", "spawn", "stop"]
+__all__ = ["child_env", "spawn", "stop", "stop_requested"]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -65,3 +67,26 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             proc.kill()
             proc.wait(timeout)
     return int(proc.returncode)
+
+
+@contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event that Ctrl-C (SIGINT) or SIGTERM sets, for a command that runs until asked.
+
+    A handler that only sets a flag cannot be lost. Python's default SIGINT handler raises
+    KeyboardInterrupt in whatever the main thread is running, and an exception raised in a
+    finaliser or a callback is printed and dropped: once, in CI, ``unlearn services`` kept
+    running after its Ctrl-C, its main thread back in its wait loop (the py-spy dump of the
+    leftover process). The previous handlers are restored on exit.
+    """
+    stop = threading.Event()
+
+    def request(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
