@@ -289,7 +289,10 @@ def _drive(
         )
 
     def merged() -> bool:
-        return any(m.method == "retrain" for m in store.models.history(MODEL))
+        # from the publication stream, not the history: a deletion applied after the merge
+        # retires every earlier version, the merged one too
+        published = store.models.notices(MODEL, count=10_000)
+        return any(notice.get("method") == "retrain" for notice in published)
 
     columns = (
         TextColumn("{task.description:<22}"),
@@ -344,9 +347,12 @@ def _summary(
     by_status: dict[str, int] = {}
     for r in receipts:
         by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+    # every version published, from the stream: the history keeps only those no erasure
+    # has retired since
+    published_versions = store.models.notices(MODEL, count=10_000)
     methods: dict[str, int] = {}
-    for m in history:
-        methods[m.method] = methods.get(m.method, 0) + 1
+    for notice in published_versions:
+        methods[notice["method"]] = methods.get(notice["method"], 0) + 1
 
     # the comparison: a model fitted from scratch on what the pipeline holds now
     held = list(store.records.scan(MODEL))
@@ -369,7 +375,9 @@ def _summary(
     table = Table(title="summary", show_header=False)
     table.add_row(
         "versions published",
-        f"{len(history)} (" + ", ".join(f"{k} {v}" for k, v in sorted(methods.items())) + ")",
+        f"{len(published_versions)} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
+        + ")",
     )
     table.add_row(
         "deletion receipts",
@@ -388,7 +396,7 @@ def _summary(
     table.add_row("metrics endpoint (worker)", metrics_url)
     console.print(table)
     return {
-        "versions": len(history),
+        "versions": len(published_versions),
         "receipts": len(receipts),
         "receipt_statuses": by_status,
         "accuracy_published": acc_pub,
