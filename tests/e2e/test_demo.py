@@ -13,8 +13,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.conftest import FAUST_TEST_TIMEOUTS
-
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
 
 
@@ -43,11 +41,8 @@ def test_demo_end_to_end_on_embedded_services() -> None:
     """`make demo` as a new user runs it: the defaults (12 subjects, 200 new records) and
     faust's own timeouts, not the suite's shorter ones (with those, the demo's retrain
     was merged before its deletions were applied, which hid a wrong check of the merge)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("UNLEARN_") and k not in FAUST_TEST_TIMEOUTS
-    }
+    # BROKER_*: faust's settings, which the suite shortens (conftest's FAUST_TEST_TIMEOUTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "BROKER_"))}
     env["COLUMNS"] = "160"
     tag = uuid.uuid4().hex
     env["PYTEST_DEMO_TAG"] = tag  # marks the demo's processes
