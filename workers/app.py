@@ -130,19 +130,30 @@ def build_app(
             lambda o, sent=sent: [sent[r.request_id] for r in o.receipts if r.request_id in sent],
         )
 
-    intake = BatchConsumer(
-        topics.deletions,
-        f"{app_id}-intake",
-        kafka_bootstrap,
-        deletions,
-        max_batch=settings.max_batch,
-        max_wait=settings.max_wait,
-        config=consumer_config(app, settings, "intake"),
-    )
+    def read_in_batches(
+        topic_name: str, name: str, handle: Any, *, follow: bool = False
+    ) -> BatchConsumer:
+        """A stage read in record batches for the app's life (:mod:`workers.consumer`),
+        in consumer group ``<app id>-<name>``; an error in it stops the worker."""
+        consumer = BatchConsumer(
+            topic_name,
+            f"{app_id}-{name}",
+            kafka_bootstrap,
+            handle,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait,
+            config=consumer_config(app, settings, name),
+            follow=follow,
+        )
+        runtime.consumers[name] = consumer
 
-    @app.task
-    async def consume_deletions() -> None:
-        await _until_crash(app, intake, "the deletion consumer")
+        async def run() -> None:
+            await _until_crash(app, consumer, f"the {name} consumer")
+
+        app.task(run)
+        return consumer
+
+    intake = read_in_batches(topics.deletions, "intake", deletions)
 
     # ---- 2. owner: unlearn.model-ops -> the models of this worker's partitions ----------
     @app.agent(topic(topics.model_ops))
@@ -194,22 +205,7 @@ def build_app(
     # faust assigns: the records consumer follows that assignment (see on_revoked and
     # on_assigned), so a model's records reach its owner; it reads in record batches, as
     # the intake does, and skips the tombstones of the worker's own erasures cheaply.
-    records_in = BatchConsumer(
-        topics.records,
-        f"{app_id}-records",
-        kafka_bootstrap,
-        records,
-        max_batch=settings.max_batch,
-        max_wait=settings.max_wait,
-        config=consumer_config(app, settings, "records"),
-        follow=True,
-    )
-
-    runtime.consumers.update(intake=intake, records=records_in)
-
-    @app.task
-    async def consume_records() -> None:
-        await _until_crash(app, records_in, "the records consumer")
+    records_in = read_in_batches(topics.records, "records", records, follow=True)
 
     # ---- 4. federated: unlearn.federated -> the federation's server ---------------------
     register_federated(app, runtime, topic)
