@@ -324,7 +324,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for c in cases:
         lines.append(
-            f"| {c.get('run', 1)} | {c['workers']} | {c['joined_s']:.2f} | {c['joined_to_done_s']:.2f} | "
+            f"| {c.get('run', 1)} | {c['workers']} | {c['joined_s']:.2f} | "
+            f"{c['joined_to_done_s']:.2f} | "
             f"{format_rate(c['events_per_second'])} | {c['start_to_done_s']:.2f} | "
             f"{c['drain_s']:.2f} | {format_rate(c['drain_events_per_second'])} | "
             f"{c['versions_published']} | {c['loads']} | {c['conflict_reloads']} |"
