@@ -1,8 +1,11 @@
 """What every unlearner shares: input checks, record ids, labels and the verb family.
 
-Subclasses implement the maths in ``_fit``, ``_remove``, ``_add`` and ``_refit``; this base
-turns user input into checked float64 arrays and record rows, times each update and keeps
-the record table (:class:`~pipeline.unlearning.records.RecordTable`) in step.
+Subclasses implement the maths in ``_fit``, ``_remove``, ``_add``, ``_refit``,
+``_forget_columns`` and ``_relabel``; this base turns user input into checked float64 arrays
+and record rows, times each update and keeps the record table
+(:class:`~pipeline.unlearning.records.RecordTable`) in step. Every row enters the table
+without the model's forgotten feature columns (``forgotten_features``, a constructor
+parameter: :mod:`pipeline.unlearning.features`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from pipeline.errors import InvalidInput, NotFitted, UnknownClass, UnknownRecord
+from pipeline.unlearning.features import as_columns, check_columns
+from pipeline.unlearning.labels import plan_relabel
 from pipeline.unlearning.records import RecordTable, decode_ids, encode_ids
 from pipeline.unlearning.report import UpdateReport
 from pipeline.unlearning.state import Part, Saved, Transient, dump_fields, load_fields
@@ -50,7 +56,12 @@ class BaseUnlearner(ABC):
     """Record-keeping and the public verbs; the maths is the subclass's."""
 
     fit_intercept: bool
+    forgotten_features: tuple[int, ...]
     _records: Annotated[RecordTable | None, Part()] = None  # saved by _records_state
+
+    #: Parameters added after checkpoints were first written, with the value a checkpoint
+    #: written before them resumes with.
+    ADDED_PARAMS: ClassVar[Mapping[str, Any]] = {"forgotten_features": ()}
 
     # -- the verb family ------------------------------------------------------------------
     def fit(self, X: ArrayLike, y: ArrayLike, ids: Sequence[Hashable] | None = None) -> Any:
@@ -58,10 +69,11 @@ class BaseUnlearner(ABC):
         Xa = check_features(X)
         y_arr = self._check_targets(y, Xa.shape[0])
         ids = self._check_ids(ids, Xa.shape[0], start=0)
+        as_columns(self.forgotten_features, Xa.shape[1])  # raises naming a column out of range
         self.n_features_in_ = Xa.shape[1]
         targets = self._encode_fit_targets(y_arr)
         records = RecordTable(self._width, Xa.shape[0], targets.dtype.type)
-        records.append(self._augment(Xa), targets, ids)
+        records.append(self._rows(Xa), targets, ids)
         self._records = records
         start = time.perf_counter()
         self._fit()
@@ -92,8 +104,66 @@ class BaseUnlearner(ABC):
         ids = self._check_ids(ids, Xa.shape[0], start=records.n_appended)
         targets = self._encode_learn_targets(y_arr)
         start = time.perf_counter()
-        rows = records.append(self._augment(Xa), targets, ids)
+        rows = records.append(self._rows(Xa), targets, ids)
         return self._timed(self._add(rows), start)
+
+    def forget_features(self, columns: Iterable[int], method: str | None = None) -> UpdateReport:
+        """Stop using feature ``columns`` (0-based, the intercept is not one), now and for
+        every record learned later.
+
+        The model becomes, to its certificate (ridge: exactly), the one fitted from scratch
+        on the data without those columns with the same objective: the same penalty on the
+        remaining weights, the forgotten weights exactly 0 (:mod:`pipeline.unlearning.
+        features`). A column forgotten already is reported (``already_forgotten``) and not
+        applied again. ``method``: ``"second-order"`` (default), ``"first-order"`` or
+        ``"retrain"`` for a logistic model; ridge is exact whatever is asked, or
+        ``"retrain"``.
+
+        Raises
+        ------
+        InvalidInput
+            A column that is not an integer in ``[0, n_features_in_)`` (named), or an
+            unknown method; nothing is changed then.
+        """
+        self._fitted_records()
+        new, already = check_columns(columns, self.n_features_in_, self.forgotten_features)
+        method = self._resolve_revision(method)
+        start = time.perf_counter()
+        if new:
+            self.forgotten_features = tuple(sorted({*self.forgotten_features, *new}))
+        report = self._forget_columns(np.asarray(new, dtype=np.intp), method)
+        report = replace(report, columns=new, already_forgotten=already)
+        return self._timed(report, start)
+
+    def relabel(
+        self, ids: Sequence[Hashable], labels: ArrayLike, method: str | None = None
+    ) -> UpdateReport:
+        """Correct the labels of held records: the model becomes, to its certificate
+        (ridge: exactly), the one fitted on the data with those labels
+        (:mod:`pipeline.unlearning.labels`). An id given with the label it already has is
+        reported (``already_labelled``) and not applied. ``method`` as for
+        :meth:`forget_features`.
+
+        Raises
+        ------
+        UnknownRecord
+            An id the model does not hold (never held, or forgotten), named.
+        UnknownClass, InvalidInput
+            A label ``learn`` would refuse, a label count that is not one per id, one id
+            given two labels, an unknown method. Nothing is changed then.
+        """
+        records = self._fitted_records()
+        method = self._resolve_revision(method)
+        plan = plan_relabel(records, ids, labels, self._encode_learn_targets)
+        start = time.perf_counter()
+        report = self._relabel(plan.rows, plan.targets, method)
+        report = replace(report, n_relabelled=int(plan.rows.size), already_labelled=plan.unchanged)
+        return self._timed(report, start)
+
+    @property
+    def forgotten_features_(self) -> tuple[int, ...]:
+        """The forgotten feature columns, sorted."""
+        return tuple(self.forgotten_features)
 
     def refit(self, progress: Progress | None = None, *, warm_start: bool = True) -> UpdateReport:
         """Fit again on the records held now, same objective and b; method ``"retrain"``.
@@ -139,6 +209,15 @@ class BaseUnlearner(ABC):
             return X
         return np.hstack([X, np.ones((X.shape[0], 1))])
 
+    def _rows(self, X: Array) -> Array:
+        """Rows as the record table holds them: with the intercept column, without the
+        forgotten features (a copy when any is zeroed; ``X`` is never changed)."""
+        rows = self._augment(X)
+        if self.forgotten_features:
+            rows = rows.copy() if rows is X else rows
+            rows[:, list(self.forgotten_features)] = 0.0
+        return rows
+
     def _fitted_records(self) -> RecordTable:
         if self._records is None:
             raise NotFitted(type(self).__name__)
@@ -180,8 +259,6 @@ class BaseUnlearner(ABC):
 
     @staticmethod
     def _timed(report: UpdateReport, start: float) -> UpdateReport:
-        from dataclasses import replace
-
         return replace(report, seconds=time.perf_counter() - start)
 
     @staticmethod
@@ -239,7 +316,10 @@ class BaseUnlearner(ABC):
         :class:`~pipeline.unlearning.state.Saved`, and the fields of every part (the
         logistic model's certificate).
         """
-        state: dict[str, Any] = {**self.get_params(), "kind": self.kind}
+        params = self.get_params()
+        # stored as an int64 array: a checkpoint holds arrays and JSON scalars
+        params["forgotten_features"] = np.asarray(self.forgotten_features, dtype=np.int64)
+        state: dict[str, Any] = {**params, "kind": self.kind}
         state |= self._records_state(include_records)
         state |= dump_fields(self)
         state |= self._parts_state()
@@ -279,6 +359,7 @@ class BaseUnlearner(ABC):
     def _from_params(cls, state: Mapping[str, Any]) -> Self:
         """An unfitted model with the parameters saved in ``state``; raises
         :class:`InvalidInput` naming any parameter the checkpoint lacks."""
+        state = {**cls.ADDED_PARAMS, **state}
         missing = [name for name in cls.param_names() if name not in state]
         if missing:
             msg = (
@@ -331,7 +412,7 @@ class BaseUnlearner(ABC):
             order = np.fromiter((pos[i] for i in saved), dtype=np.intp, count=len(saved))
             Xs = check_features(X, self.n_features_in_)[order]
             targets = self._encode_learn_targets(np.asarray(y)[order])
-        self._records = RecordTable.from_state_dict(state, self._augment(Xs), targets, saved)
+        self._records = RecordTable.from_state_dict(state, self._rows(Xs), targets, saved)
 
     # -- what subclasses provide ----------------------------------------------------------
     #: The model kind a checkpoint names (``state["kind"]``).
@@ -382,3 +463,18 @@ class BaseUnlearner(ABC):
 
     @abstractmethod
     def _refit(self, progress: Progress | None, warm_start: bool) -> UpdateReport: ...
+
+    @abstractmethod
+    def _resolve_revision(self, method: str | None) -> str:
+        """The method of a :meth:`forget_features` or :meth:`relabel`; raises
+        :class:`InvalidInput` naming an unknown one."""
+
+    @abstractmethod
+    def _forget_columns(self, columns: NDArray[np.intp], method: str) -> UpdateReport:
+        """Forget ``columns`` (not forgotten before; ``forgotten_features`` already holds
+        them) from the held records and the model."""
+
+    @abstractmethod
+    def _relabel(self, rows: NDArray[np.intp], targets: NDArray[Any], method: str) -> UpdateReport:
+        """Give the held records at ``rows`` the new encoded ``targets`` (all different
+        from their current ones) and correct the model."""

@@ -29,7 +29,7 @@ reported as ``curvature_recomputed``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -40,11 +40,12 @@ from pipeline.unlearning import certify, loss
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
 from pipeline.unlearning.certificates import CERTIFICATE_CLASSES, Certificate
 from pipeline.unlearning.curvature import CurvatureCache
+from pipeline.unlearning.features import as_columns, drop_columns
 from pipeline.unlearning.newton import NewtonSolver
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
 from pipeline.unlearning.state import Part, Saved, json_array
-from pipeline.unlearning.steps import forget_rows, learn_rows
+from pipeline.unlearning.steps import REVISIONS, forget_rows, learn_rows, revise
 
 __all__ = ["LogisticUnlearner"]
 
@@ -97,6 +98,10 @@ class LogisticUnlearner(BaseUnlearner):
         ``measure_above`` of the budget (:func:`~pipeline.unlearning.steps.correct`).
     measure_above : float
         Fraction of the budget at which ``"adaptive"`` measures the residual exactly.
+    forgotten_features : tuple of int
+        Feature columns (0-based) the model never uses: zeroed in every record it fits or
+        learns, their weights and their part of b held at 0 (:meth:`forget_features` adds
+        to it; see :mod:`pipeline.unlearning.features`).
 
     Attributes
     ----------
@@ -154,6 +159,7 @@ class LogisticUnlearner(BaseUnlearner):
         drift_tol: float = 0.25,
         max_corrections: int = 10,
         measure_above: float = 0.5,
+        forgotten_features: Iterable[int] = (),
     ) -> None:
         checks = [
             (lam > 0, f"lam must be > 0, got {lam}"),
@@ -183,6 +189,7 @@ class LogisticUnlearner(BaseUnlearner):
         self.drift_tol = float(drift_tol)
         self.max_corrections = int(max_corrections)
         self.measure_above = float(measure_above)
+        self.forgotten_features = as_columns(forgotten_features)
         self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
 
     # -- public attributes ----------------------------------------------------------------
@@ -255,6 +262,13 @@ class LogisticUnlearner(BaseUnlearner):
             raise InvalidInput(msg)
         return method
 
+    def _resolve_revision(self, method: str | None) -> str:
+        method = REVISIONS[0] if method is None else method
+        if method not in (*REVISIONS, "retrain"):
+            msg = f"method must be one of {(*REVISIONS, 'retrain')}, got {method!r}"
+            raise InvalidInput(msg)
+        return method
+
     def _signs(self, targets: NDArray[np.int64]) -> Array:
         """Labels in {-1, +1}, shape (n, K)."""
         return loss.signs(targets, self._K)
@@ -292,6 +306,7 @@ class LogisticUnlearner(BaseUnlearner):
     # -- fitting --------------------------------------------------------------------------
     def _fit(self) -> None:
         self._B = draw_perturbation(self.sigma, (self._K, self._width), self.seed)
+        self._B[:, list(self.forgotten_features)] = 0.0  # weights held at 0: no b there
         self.n_curvature_recomputes_ = 0
         self._fit_from_zero()
 
@@ -392,6 +407,28 @@ class LogisticUnlearner(BaseUnlearner):
             return self._report("fit", n_added=m, recomputed=True)
         step = learn_rows(self, rows, self.method)
         return self._report(step.method, n_added=m, growth=step.growth, recomputed=step.recomputed)
+
+    def _forget_columns(self, columns: NDArray[np.intp], method: str) -> UpdateReport:
+        rec = self._fitted_records()
+        if columns.size == 0:
+            return self._report(method)
+        drop_columns(self, columns)
+        if rec.n_records == 0:  # w = 0 already, nothing to correct (see _clear)
+            return self._report(method)
+        if method == "retrain":
+            return self._refit(None)
+        step = revise(self, method)
+        return self._report(step.method, growth=step.growth, recomputed=step.recomputed)
+
+    def _relabel(self, rows: NDArray[np.intp], targets: NDArray[Any], method: str) -> UpdateReport:
+        if rows.size == 0:
+            return self._report(method)
+        # the curvature does not depend on the labels: only the gradient changes
+        self._fitted_records().relabel(rows, targets)
+        if method == "retrain":
+            return self._refit(None)
+        step = revise(self, method)
+        return self._report(step.method, growth=step.growth, recomputed=step.recomputed)
 
     # -- checkpoints: the fields above, with every parameter (BaseUnlearner.state_dict) ---
     def _parts_state(self) -> dict[str, Any]:

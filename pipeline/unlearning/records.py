@@ -177,6 +177,14 @@ class RecordTable:
         self._X[rows] = 0.0
         self._present[rows] = False
 
+    def zero_columns(self, columns: NDArray[np.intp]) -> None:
+        """Set ``columns`` of every row to 0 (a forgotten feature leaves the buffer)."""
+        self._X[: self._size, columns] = 0.0
+
+    def relabel(self, rows: NDArray[np.intp], targets: NDArray[Any]) -> None:
+        """Give the held records at ``rows`` new ``targets``."""
+        self._targets[rows] = targets
+
     def compact(self) -> NDArray[np.intp] | None:
         """Drop erased rows when they are half the buffer; returns the kept rows' old indices."""
         if self._size == 0 or self.n_records * 2 > self._size:

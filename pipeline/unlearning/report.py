@@ -14,7 +14,8 @@ EMPTIED = "emptied"
 
 @dataclass(frozen=True)
 class UpdateReport:
-    """The outcome of ``fit``, ``forget``, ``learn`` or ``refit``.
+    """The outcome of ``fit``, ``forget``, ``learn``, ``refit``, ``forget_features`` or
+    ``relabel``.
 
     Attributes
     ----------
@@ -25,7 +26,10 @@ class UpdateReport:
         so), ``"exact"`` (ridge), ``"fit"`` (also a :meth:`learn` on a model that held no
         record), ``"retrain"``, or ``"emptied"`` (:data:`EMPTIED`): the update removed the
         model's last records, and the model now holds none (coefficients and intercept
-        0, certificate 0).
+        0, certificate 0). ``forget_features`` and ``relabel`` of a logistic model report
+        ``"second-order"`` (a Newton step on the changed data's gradient, then corrections
+        as for ``forget``) or ``"first-order"`` (a gradient step), ridge ``"exact"``
+        (:mod:`pipeline.unlearning.features`, :mod:`pipeline.unlearning.labels`).
     n_removed, n_added : int
         Records taken out and put in by this update.
     certificate : float
@@ -53,6 +57,14 @@ class UpdateReport:
         Guo et al.'s data-independent bound accumulated since the last full fit.
     n_records : int
         Records held after the update.
+    columns : tuple of int
+        Feature columns this update forgot (``forget_features``).
+    already_forgotten : tuple of int
+        Columns asked to be forgotten that had been already; nothing was applied for them.
+    n_relabelled : int
+        Records whose label this update changed (``relabel``).
+    already_labelled : tuple
+        Ids given to ``relabel`` with the label they already had; nothing was applied.
     """
 
     method: str
@@ -68,9 +80,14 @@ class UpdateReport:
     curvature_recomputed: bool = False
     worst_case: float = 0.0
     n_records: int = 0
+    columns: tuple[int, ...] = field(default_factory=tuple)
+    already_forgotten: tuple[int, ...] = field(default_factory=tuple)
+    n_relabelled: int = 0
+    already_labelled: tuple[Hashable, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (ids as given)."""
         out = asdict(self)
-        out["already_absent"] = list(self.already_absent)
+        for name in ("already_absent", "columns", "already_forgotten", "already_labelled"):
+            out[name] = list(getattr(self, name))
         return out

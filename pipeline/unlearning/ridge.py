@@ -17,7 +17,7 @@ retrained solution, up to round-off; the certificate is the normal equations' re
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Annotated, Any
 
 import numpy as np
@@ -27,9 +27,11 @@ from scipy.linalg import lapack
 from pipeline.errors import InvalidInput
 from pipeline.unlearning import certify
 from pipeline.unlearning.base import BaseUnlearner, Progress, check_features
+from pipeline.unlearning.features import as_columns
 from pipeline.unlearning.perturbation import check_seed, draw_perturbation
 from pipeline.unlearning.report import EMPTIED, UpdateReport
 from pipeline.unlearning.state import Saved
+from pipeline.unlearning.steps import REVISIONS
 
 __all__ = ["RidgeUnlearner"]
 
@@ -53,6 +55,9 @@ class RidgeUnlearner(BaseUnlearner):
         None (the default): b is drawn from the operating system's entropy, secret; an
         int makes it reproducible and voids the guarantee (tests only; see
         :mod:`pipeline.unlearning.perturbation`).
+    forgotten_features : tuple of int
+        Feature columns (0-based) the model never uses: zeroed in every record, their
+        weights and their part of b held at 0 (:meth:`forget_features` adds to it).
 
     Attributes
     ----------
@@ -90,6 +95,7 @@ class RidgeUnlearner(BaseUnlearner):
         epsilon: float = 1.0,
         delta: float = 1e-4,
         seed: int | None = None,
+        forgotten_features: Iterable[int] = (),
     ) -> None:
         if not alpha > 0:
             msg = f"alpha must be > 0 for the removal to stay well posed, got {alpha}"
@@ -103,6 +109,7 @@ class RidgeUnlearner(BaseUnlearner):
         self.epsilon = float(epsilon)
         self.delta = float(delta)
         self.seed = check_seed(seed)
+        self.forgotten_features = as_columns(forgotten_features)
         self.budget_ = certify.budget(self.sigma, self.epsilon, self.delta)
 
     # -- public attributes ----------------------------------------------------------------
@@ -155,6 +162,13 @@ class RidgeUnlearner(BaseUnlearner):
         return "exact"
 
     # -- maths ----------------------------------------------------------------------------
+    def _resolve_revision(self, method: str | None) -> str:
+        # every step of ridge is exact; "retrain" solves again from the records
+        if method is not None and method not in (*REVISIONS, "exact", "retrain"):
+            msg = f"method must be one of {(*REVISIONS, 'exact', 'retrain')}, got {method!r}"
+            raise InvalidInput(msg)
+        return "retrain" if method == "retrain" else "exact"
+
     def _penalty(self) -> Array:
         diag = np.full(self._width, self.alpha)
         if self.fit_intercept:
@@ -164,6 +178,7 @@ class RidgeUnlearner(BaseUnlearner):
     def _fit(self) -> None:
         rec = self._fitted_records()
         self._b = draw_perturbation(self.sigma, (self._width,), self.seed)
+        self._b[list(self.forgotten_features)] = 0.0  # weights held at 0: no b there
         self._rebuild(rec.X, rec.targets)
 
     def _rebuild(self, X: Array, y: Array) -> None:
@@ -233,3 +248,38 @@ class RidgeUnlearner(BaseUnlearner):
         if progress is not None:
             progress(1.0, "done")
         return self._report("retrain")
+
+    def _forget_columns(self, columns: NDArray[np.intp], method: str) -> UpdateReport:
+        r"""Zeroing columns F of X zeroes rows and columns F of :math:`X^\top X` and entries
+        F of :math:`X^\top y` (``O(d |F|)``, no pass over the records); with :math:`b_F = 0`
+        and :math:`A_{FF} = \alpha I` one solve gives the exact solution, :math:`w_F = 0`
+        (the factor keeps the zero pattern: no round-off reaches those weights)."""
+        rec = self._fitted_records()
+        if columns.size == 0:
+            return self._report(method)
+        rec.zero_columns(columns)
+        rec.refresh_max_norm()
+        self._b[columns] = 0.0
+        self._A[columns, :] = 0.0
+        self._A[:, columns] = 0.0
+        self._A[columns, columns] = self.alpha
+        self._c[columns] = 0.0
+        if rec.n_records == 0:  # w = 0 already, nothing to solve (see _clear)
+            return self._report(method)
+        if method == "retrain":
+            return self._refit(None)
+        self._solve()
+        return self._report("exact")
+
+    def _relabel(self, rows: NDArray[np.intp], targets: NDArray[Any], method: str) -> UpdateReport:
+        """A changes by nothing, c by the rows' features times their change of target."""
+        rec = self._fitted_records()
+        if rows.size == 0:
+            return self._report(method)
+        change = targets - rec.targets[rows]
+        rec.relabel(rows, targets)
+        if method == "retrain":
+            return self._refit(None)
+        self._c += rec.X[rows].T @ change
+        self._solve()
+        return self._report("exact")

@@ -16,7 +16,15 @@ regulariser is :math:`\lambda n`, so it loses :math:`\lambda m`):
                an influence step, and a Fisher correction follows the next measurement
                (:func:`correct`).
 
-Learning a batch A is the same step with the sign of :math:`\Delta` reversed. The curvature
+Learning a batch A is the same step with the sign of :math:`\Delta` reversed.
+
+A *revision* changes records the model holds, in place (a feature column zeroed, a label
+corrected: :mod:`pipeline.unlearning.features`, :mod:`pipeline.unlearning.labels`);
+:func:`revise` then takes Warnecke et al.'s (NDSS 2023) second-order step on the changed
+data's full gradient, :math:`w \leftarrow w - \tilde H^{-1} \nabla L_b(w; \tilde D)` (damped
+and repeated while the residual is over ``measure_above`` of the budget), or their
+first-order one, :math:`w \leftarrow w - \tau \nabla L_b(w; \tilde D)`, and measures the
+residual. The curvature
 :math:`\tilde H` is the cached one (:class:`~pipeline.unlearning.curvature.CurvatureCache`,
 already updated by the batch's rows), solved to a relative accuracy ``step_rtol``: a batch
 costs ``O(m d^2)`` per problem for the curvature and a few ``O(d^2)`` solver iterations,
@@ -34,8 +42,12 @@ from numpy.typing import NDArray
 from pipeline.unlearning import certify
 from pipeline.unlearning.certificates import Host
 from pipeline.unlearning.loss import curvature_weights, gradient_terms, margins, pullback, signs
+from pipeline.unlearning.newton import NewtonSolver
 
-__all__ = ["Step", "correct", "forget_rows", "learn_rows", "take_step"]
+__all__ = ["REVISIONS", "Step", "correct", "forget_rows", "learn_rows", "revise", "take_step"]
+
+#: The steps of a revision, the default first.
+REVISIONS = ("second-order", "first-order")
 
 Array = NDArray[np.float64]
 
@@ -159,6 +171,61 @@ def take_step(host: Host, delta: Array, method: str, batch: Array, sign: float) 
         recomputed = again or recomputed
     taken = "fisher" if newton or corrected else "influence"
     return Step(taken, recomputed, cert.total - before)
+
+
+def revise(host: Host, method: str) -> Step:
+    r"""Correct the model after its held records changed in place; measure the residual.
+
+    The records, b and the cached curvature already describe the changed data
+    :math:`\tilde D` (the model's own state was changed with them). Then, with g the full
+    gradient :math:`\nabla L_b(w; \tilde D)` (one pass over the records):
+
+    ``"second-order"``  Newton steps :math:`w \leftarrow w - t \tilde H^{-1} g` on the cached
+                        curvature, the first being Warnecke et al.'s second-order update,
+                        until the residual is within ``measure_above`` of the budget (with
+                        certification off: the fit's tolerance, ``tol * n``), by the
+                        engine's damped Newton (:class:`~pipeline.unlearning.newton.
+                        NewtonSolver`: ``t < 1`` only when a full step would raise the
+                        objective, the curvature rebuilt only when a step stalls). A
+                        revision can move w far (a column that carried much of the model),
+                        where an undamped step overshoots; a small one takes one step.
+    ``"first-order"``   one step :math:`w \leftarrow w - \tau g` with :math:`\tau = 1 / L_k`,
+                        :math:`L_k` a bound of the largest eigenvalue of problem k's cached
+                        curvature; the residual is reported as it is.
+
+    Either way the residual is then measured (a pass over the records) rather than
+    bounded: a revision changes every record's term (a column) or a few records' labels by
+    any amount, and the certificate after it is the gradient norm on :math:`\tilde D`.
+    """
+    cert = host._certificate
+    before = cert.total
+    rec = host._fitted_records()
+    if method == "first-order":
+        G = host._gradient(host._W)
+        host._W = host._W - G / host._curv.lipschitz()[:, None]
+        cert.remeasure(host)
+        return Step("first-order", False, cert.total - before)
+    recomputed = False
+
+    def recompute(W: Array) -> None:
+        nonlocal recomputed
+        host._W = W
+        host._recompute_curvature()
+        recomputed = True
+
+    target = host.measure_above * host.budget_ if host.budget_ > 0 else host.tol * rec.n_records
+    solver = NewtonSolver(
+        objective=host._objective,
+        gradient=host._gradient,
+        curvature=host._curv,
+        recompute=recompute,
+        tol_abs=target / host._K,  # the certificate sums the K problems' norms
+        max_iter=host.max_iter,
+        drift_tol=host.drift_tol,
+    )
+    host._W = solver.solve(host._W)
+    cert.remeasure(host)
+    return Step("second-order", recomputed, cert.total - before)
 
 
 def correct(host: Host, *, force: bool) -> tuple[int, bool]:

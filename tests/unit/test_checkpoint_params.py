@@ -29,6 +29,7 @@ NON_DEFAULT = {
         "drift_tol": 0.3,
         "max_corrections": 4,
         "measure_above": 0.25,
+        "forgotten_features": (2, 3),
     },
     RidgeUnlearner: {
         "alpha": 2.0,
@@ -37,6 +38,7 @@ NON_DEFAULT = {
         "epsilon": 0.5,
         "delta": 1e-3,
         "seed": 7,
+        "forgotten_features": (2, 3),
     },
 }
 
@@ -53,8 +55,10 @@ KINDS = {
     "ridge": (RidgeUnlearner, {}, "cancer"),
 }
 
-#: Fields a certificate rebuilds when a checkpoint written under another one lacks them.
-REBUILT = {"stale_measures"}
+#: Fields a certificate rebuilds when a checkpoint written under another one lacks them, and
+#: parameters added later, which a checkpoint written before them resumes without
+#: (``BaseUnlearner.ADDED_PARAMS``).
+REBUILT = {"stale_measures", "forgotten_features"}
 
 
 def _parameters(cls):

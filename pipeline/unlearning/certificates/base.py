@@ -22,10 +22,12 @@ Array = NDArray[np.float64]
 class Host(Protocol):
     """The model a certificate certifies
     (:class:`~pipeline.unlearning.logistic.LogisticUnlearner`): its coefficients ``_W``
-    (K, d), cached curvature ``_curv`` and the weight ``_cref`` (n_rows, K) each row entered
-    it with, its certificate, parameters and passes over the records."""
+    (K, d) and perturbation ``_B``, cached curvature ``_curv`` and the weight ``_cref``
+    (n_rows, K) each row entered it with, its certificate, parameters and passes over the
+    records."""
 
     _W: Array
+    _B: Array
     _cref: Array
     _curv: CurvatureCache
     _certificate: Certificate
@@ -34,6 +36,8 @@ class Host(Protocol):
     measure_above: float
     max_corrections: int
     step_rtol: float
+    tol: float
+    max_iter: int
     budget_: float
 
     @property
@@ -45,6 +49,8 @@ class Host(Protocol):
     def _fitted_records(self) -> RecordTable: ...
 
     def _gradient(self, W: Array) -> Array: ...
+
+    def _objective(self, W: Array) -> Array: ...
 
     def _gradient_and_margins(self, W: Array) -> tuple[Array, Array]: ...
 
@@ -133,6 +139,10 @@ class Certificate:
 
     def learned(self, host: Host, X: Array, weights: Array) -> None:
         """Records ``X`` (shape (m, d)) entered the curvature with ``weights`` (m, K)."""
+
+    def features_dropped(self, host: Host, columns: NDArray[np.intp]) -> None:
+        """Feature ``columns`` were zeroed in every record (``forget_features``); the
+        model is measured again before its next update. The bounds' hook."""
 
     # -- a step ---------------------------------------------------------------------------
     def before_step(self, host: Host) -> bool:

@@ -115,6 +115,13 @@ class BoundCertificate(Certificate):
         else:
             self.roundoff_terms = max(self.roundoff_terms, float(rec.n_records))
 
+    def features_dropped(self, host: Host, columns: NDArray[np.intp]) -> None:
+        """The Gram matrix loses the columns' rows and columns (exact: those entries of
+        :math:`X'^\\top X'` are 0 now); the spectral bound stays an upper bound (zeroing
+        columns does not widen :math:`\\lVert X'\\rVert_2`)."""
+        self.gram[columns, :] = 0.0
+        self.gram[:, columns] = 0.0
+
     def settle(self, host: Host) -> None:
         """Rebuild the curvature at the fitted model unless Newton's last step just did.
 
