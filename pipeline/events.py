@@ -6,11 +6,13 @@ requests) that is its idempotency key: a consumer that sees the same id twice ap
 it once. Validation happens at the edge: :func:`decode_event` turns bytes into the
 right model or raises :class:`~pipeline.errors.SchemaError` naming the bad field.
 
-Topics (DESIGN section 4): ``RecordAdded`` on ``unlearn.records``; ``DeletionRequested``
-on ``unlearn.deletions``; ``ModelPublished`` on ``unlearn.model-updates``;
-``RetrainRequested`` / ``RetrainCompleted`` on ``unlearn.retrain``; ``Receipt`` on
-``unlearn.receipts``; ``DeadLetter`` on ``unlearn.dead-letter``; ``ClientStats``,
-``ClientRemoved``, ``ClassRemoved`` on ``unlearn.federated``.
+Topics (DESIGN section 4): ``RecordAdded`` on ``unlearn.records``; ``DeletionRequested``,
+``FeatureRemovalRequested`` and ``RelabelRequested`` on ``unlearn.deletions`` (the requests
+topic: :func:`decode_request` reads one by its ``type``, ``DeletionRequested`` when
+absent); ``ModelPublished`` on ``unlearn.model-updates``; ``RetrainRequested`` /
+``RetrainCompleted`` on ``unlearn.retrain``; ``Receipt`` on ``unlearn.receipts``;
+``DeadLetter`` on ``unlearn.dead-letter``; ``ClientStats``, ``ClientRemoved``,
+``ClassRemoved`` on ``unlearn.federated``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pipeline.errors import SchemaError
 __all__ = [
     "EVENT_TYPES",
     "MAX_BATCH_IDS",
+    "MAX_COLUMNS",
+    "REQUEST_TYPES",
     "MAX_FEATURES",
     "ID_PATTERN",
     "MAX_ID",
@@ -47,17 +51,22 @@ __all__ = [
     "DeadLetter",
     "DeletionRequested",
     "Event",
+    "FeatureRemovalRequested",
+    "LabelCorrection",
     "ModelOps",
     "ModelPublished",
     "Origin",
     "Receipt",
     "ReceiptStatus",
     "RecordAdded",
+    "RelabelRequested",
+    "Request",
     "RetrainCompleted",
     "RetrainReason",
     "RetrainRequested",
     "RoutedRequest",
     "decode_event",
+    "decode_request",
     "encode_event",
 ]
 
@@ -68,6 +77,8 @@ MAX_STATS_FEATURES = 1_000
 """Largest dimension of a federated client's Hessian (sent as d * d floats)."""
 MAX_BATCH_IDS = 10_000
 """Most record ids (or model ids) one deletion request may name."""
+MAX_COLUMNS = 1_000
+"""Most feature columns one feature-removal request may name."""
 
 
 def _utcnow() -> datetime:
@@ -202,6 +213,81 @@ class DeletionRequested(Event):
         return self
 
 
+ColumnName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="A feature's name in the header of the CSV the model was trained from.",
+    ),
+]
+Column = Annotated[int, Field(ge=0, le=MAX_FEATURES)] | ColumnName
+
+
+class FeatureRemovalRequested(Event):
+    """Stop one model from using feature columns, now and for records it learns later
+    (``unlearn.deletions``, key: the model id).
+
+    A column is a 0-based index, or a name when the model was trained from a CSV with a
+    header (``unlearn train --data file.csv``). The model's owner resolves names; an
+    unknown name or an index out of range gets a ``rejected`` receipt with the reason.
+    """
+
+    type: Literal["FeatureRemovalRequested"] = "FeatureRemovalRequested"
+    request_id: Id
+    model_id: ModelId
+    columns: Annotated[list[Column], Field(min_length=1, max_length=MAX_COLUMNS)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "feature removal"
+
+
+class LabelCorrection(BaseModel):
+    """One record's corrected label."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    record_id: Id
+    label: Label
+
+
+class RelabelRequested(Event):
+    """Correct the labels of records one model holds (``unlearn.deletions``, key: the
+    model id): a label-flip poisoning repaired, a mistaken annotation fixed.
+
+    A record the model does not hold (never held, or forgotten) or a label outside the
+    model's classes gets a ``rejected`` receipt with the reason; the request is then
+    applied to none of its records.
+    """
+
+    type: Literal["RelabelRequested"] = "RelabelRequested"
+    request_id: Id
+    model_id: ModelId
+    labels: Annotated[list[LabelCorrection], Field(min_length=1, max_length=MAX_BATCH_IDS)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "label correction"
+
+    @model_validator(mode="after")
+    def _one_label_per_record(self) -> Self:
+        seen: set[str] = set()
+        for i, item in enumerate(self.labels):
+            if item.record_id in seen:
+                msg = (
+                    f"labels[{i}]: record {item.record_id!r} is named twice; give each "
+                    "record one corrected label"
+                )
+                raise ValueError(msg)
+            seen.add(item.record_id)
+        return self
+
+
+Request = DeletionRequested | FeatureRemovalRequested | RelabelRequested
+"""What ``unlearn.deletions`` carries: a request about one model's data, by ``type``."""
+REQUEST_TYPES: tuple[type[Event], ...] = (
+    DeletionRequested,
+    FeatureRemovalRequested,
+    RelabelRequested,
+)
+
+
 class ModelPublished(Event):
     """A new model version is current (``unlearn.model-updates``, compacted, key: model)."""
 
@@ -279,8 +365,13 @@ class ReceiptStatus(StrEnum):
         return self not in (ReceiptStatus.RECEIVED, ReceiptStatus.PENDING_RETRAIN)
 
 
+#: What a request asked of a model, as its receipt says.
+Operation = Literal["deletion", "feature_removal", "relabel"]
+
+
 class Receipt(Event):
-    """The outcome of one deletion request for one model (``unlearn.receipts``)."""
+    """The outcome of one request (a deletion, a feature removal, a relabel) for one model
+    (``unlearn.receipts``)."""
 
     type: Literal["Receipt"] = "Receipt"
     event_id: DerivedId
@@ -296,6 +387,18 @@ class Receipt(Event):
     received_at: datetime
     due_at: datetime
     completed_at: datetime | None = None
+    operation: Operation | None = Field(
+        default=None,
+        description="What the request asked (absent: a deletion, as receipts before it).",
+    )
+    columns: Annotated[list[int], Field(max_length=MAX_COLUMNS)] | None = Field(
+        default=None,
+        description="Feature removal: the 0-based columns this version stopped using.",
+    )
+    relabelled: Annotated[list[Id], Field(max_length=MAX_BATCH_IDS)] | None = Field(
+        default=None,
+        description="Relabel: the record ids whose labels this version corrected.",
+    )
 
     @model_validator(mode="after")
     def _reason_when_rejected(self) -> Self:
@@ -379,16 +482,16 @@ class Origin(BaseModel):
 
 
 class RoutedRequest(BaseModel):
-    """A deletion request as the intake stage hands it to one model's owner."""
+    """A request as the intake stage hands it to one model's owner."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    request: DeletionRequested
+    request: Annotated[Request, Field(discriminator="type")]
     origin: Origin
 
 
 class ModelOps(Event):
-    """Deletion requests routed to one model (``unlearn.model-ops``, internal, key: model).
+    """Requests routed to one model (``unlearn.model-ops``, internal, key: model).
 
     The intake stage consumes ``unlearn.deletions`` (keyed by subject), validates and
     resolves each request to the models it concerns, and writes one ``ModelOps`` per
@@ -405,6 +508,8 @@ class ModelOps(Event):
 EVENT_TYPES: tuple[type[Event], ...] = (
     RecordAdded,
     DeletionRequested,
+    FeatureRemovalRequested,
+    RelabelRequested,
     ModelPublished,
     RetrainRequested,
     RetrainCompleted,
@@ -416,10 +521,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ModelOps,
 )
 _BY_NAME: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
+_REQUESTS: dict[str, type[Event]] = {cls.__name__: cls for cls in REQUEST_TYPES}
 _ANY_EVENT: TypeAdapter[Any] = TypeAdapter(
     Annotated[
         RecordAdded
         | DeletionRequested
+        | FeatureRemovalRequested
+        | RelabelRequested
         | ModelPublished
         | RetrainRequested
         | RetrainCompleted
@@ -490,6 +598,10 @@ def decode_event(data: bytes | str, expected: type[E] | None = None) -> E | Even
         Not JSON, not an object, wrong ``schema`` version, unknown ``type``, or a field
         that fails validation; ``field`` and ``reason`` say which and why.
     """
+    return _decode(data, expected)
+
+
+def _decode(data: bytes | str, expected: type[E] | None, *, requests: bool = False) -> E | Event:
     field = "<event>"
     try:
         payload = json.loads(data)
@@ -518,6 +630,13 @@ def decode_event(data: bytes | str, expected: type[E] | None = None) -> E | Even
                 msg = f"this topic carries {expected.__name__} events"
                 raise SchemaError(field, kind, msg)
             return expected.model_validate(payload)
+        if requests:
+            kind = payload.get(field, DeletionRequested.__name__)
+            cls = _REQUESTS.get(kind) if isinstance(kind, str) else None
+            if cls is None:
+                msg = f"this topic carries {', '.join(sorted(_REQUESTS))} events"
+                raise SchemaError(field, kind, msg)
+            return cls.model_validate(payload)
         if field not in payload:
             msg = f"missing; expected one of {sorted(_BY_NAME)}"
             raise SchemaError(field, None, msg)
@@ -525,3 +644,17 @@ def decode_event(data: bytes | str, expected: type[E] | None = None) -> E | Even
         return event
     except ValidationError as exc:
         raise _schema_error(exc) from None
+
+
+def decode_request(data: bytes | str) -> Request:
+    """Parse and validate one message of ``unlearn.deletions``: a ``DeletionRequested``
+    (also when ``type`` is absent, as producers written before the other requests send
+    it), a ``FeatureRemovalRequested`` or a ``RelabelRequested``.
+
+    Raises
+    ------
+    SchemaError
+        As :func:`decode_event`; ``type`` names another event.
+    """
+    event: Request = _decode(data, None, requests=True)  # type: ignore[assignment]
+    return event

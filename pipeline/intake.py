@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pipeline.errors import SchemaError
-from pipeline.events import DeadLetter, Event, decode_event
+from pipeline.events import DeadLetter, Event, Request, decode_event, decode_request
 
 __all__ = [
     "REASONS",
@@ -27,6 +27,7 @@ __all__ = [
     "Rejected",
     "dead_letter",
     "decode_message",
+    "decode_request_message",
     "oversized",
     "produced_at",
     "rejection_reason",
@@ -144,6 +145,23 @@ def decode_message(
         return too_big
     try:
         return decode_event(value, expected)
+    except SchemaError as exc:
+        return Rejected(message, rejection_reason(exc), str(exc))
+    except Exception as exc:  # noqa: BLE001 - one message must never take the batch with it
+        return Rejected(message, "invalid", f"could not decode: {type(exc).__name__}: {exc}"[:500])
+
+
+def decode_request_message(message: Message, *, max_bytes: int) -> Request | Rejected[Any] | None:
+    """:func:`decode_message` for ``unlearn.deletions``, which carries several request
+    types (:func:`~pipeline.events.decode_request`): chosen by ``type``."""
+    value = message.value
+    if value is None:
+        return None
+    too_big = oversized(message, max_bytes, "split it into several requests")
+    if too_big is not None:
+        return too_big
+    try:
+        return decode_request(value)
     except SchemaError as exc:
         return Rejected(message, rejection_reason(exc), str(exc))
     except Exception as exc:  # noqa: BLE001 - one message must never take the batch with it

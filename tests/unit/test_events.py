@@ -21,16 +21,19 @@ from pipeline.events import (
     DeadLetter,
     DeletionRequested,
     Event,
+    FeatureRemovalRequested,
     ModelOps,
     ModelPublished,
     Origin,
     Receipt,
     ReceiptStatus,
     RecordAdded,
+    RelabelRequested,
     RetrainCompleted,
     RetrainRequested,
     RoutedRequest,
     decode_event,
+    decode_request,
     encode_event,
 )
 from pipeline.schemas import SCHEMA_DIR, json_schemas, render_schema
@@ -51,6 +54,10 @@ def examples() -> list[Event]:
         ),
         DeletionRequested(request_id="q1", subject_id="alice", reason="GDPR Art. 17"),
         DeletionRequested(request_id="q2", record_ids=["r1", "r2"], model_ids=["churn"]),
+        FeatureRemovalRequested(request_id="q3", model_id="churn", columns=[2, "zip_code"]),
+        RelabelRequested(
+            request_id="q4", model_id="churn", labels=[{"record_id": "r1", "label": 0}]
+        ),
         ModelPublished(
             event_id="p1",
             model_id="churn",
@@ -328,3 +335,67 @@ def test_a_retrain_request_has_one_constructor():
     assert (first.model_id, first.reason, first.snapshot_seq) == ("churn", "budget", 40)
     assert first.event_id.startswith("budget-") and first.event_id != second.event_id
     assert decode_event(encode_event(first)) == first
+
+
+# ---- the requests topic: deletions, feature removals, relabels by type ----------------
+
+
+def test_the_requests_topic_decodes_each_request_by_type() -> None:
+    removal = FeatureRemovalRequested(request_id="q3", model_id="churn", columns=[2, "zip"])
+    relabel = RelabelRequested(
+        request_id="q4", model_id="churn", labels=[{"record_id": "r1", "label": "cat"}]
+    )
+    assert decode_request(encode_event(removal)) == removal
+    assert decode_request(encode_event(relabel)) == relabel
+    # a producer written before the other requests leaves `type` out: a deletion
+    legacy = decode_request(json.dumps({"request_id": "q1", "subject_id": "alice"}))
+    assert isinstance(legacy, DeletionRequested)
+    with pytest.raises(SchemaError) as err:
+        decode_request(encode_event(RetrainRequested.new("churn", "operator", 0)))
+    assert err.value.field == "type" and "FeatureRemovalRequested" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"columns": []}, "columns"),
+        ({"columns": [-1]}, "columns.0"),
+        ({"columns": [""]}, "columns.0"),
+    ],
+)
+def test_a_feature_removal_names_columns(payload, field) -> None:
+    event = {"type": "FeatureRemovalRequested", "request_id": "q", "model_id": "m", **payload}
+    with pytest.raises(SchemaError) as err:
+        decode_request(json.dumps(event))
+    assert err.value.field.startswith(field.split(".")[0])
+
+
+def test_a_relabel_names_each_record_once_with_a_finite_label() -> None:
+    twice = [{"record_id": "r1", "label": 1}, {"record_id": "r1", "label": 0}]
+    with pytest.raises(SchemaError, match="named twice"):
+        decode_request(
+            json.dumps(
+                {"type": "RelabelRequested", "request_id": "q", "model_id": "m", "labels": twice}
+            )
+        )
+    with pytest.raises(SchemaError, match="finite"):
+        decode_request(
+            '{"type": "RelabelRequested", "request_id": "q", "model_id": "m", '
+            '"labels": [{"record_id": "r1", "label": NaN}]}'
+        )
+
+
+def test_an_old_receipt_without_the_new_fields_is_still_read() -> None:
+    old = {
+        "schema": 1,
+        "ts": NOW.isoformat(),
+        "type": "Receipt",
+        "event_id": "c1",
+        "request_id": "q1",
+        "model_id": "churn",
+        "status": "applied",
+        "received_at": NOW.isoformat(),
+        "due_at": NOW.isoformat(),
+    }
+    receipt = decode_event(json.dumps(old), Receipt)
+    assert receipt.operation is None and receipt.columns is None and receipt.relabelled is None
