@@ -8,7 +8,8 @@ offsets only once the broker has taken them all. Per outcome, in order:
 * each forwarded ``ModelOps`` (the intake stage's output) on ``unlearn.model-ops``, keyed
   by model id, to the model's partition;
 * a tombstone (null value) per erased record on ``unlearn.records``, keyed
-  ``model/record``, to the model's partition;
+  ``model/record``, to the model's partition; then each relabelled record's corrected
+  ``RecordAdded`` under the same key and partition (compaction drops the old label);
 * ``RetrainRequested`` and ``RetrainCompleted`` on ``unlearn.retrain``, keyed by model id;
 
 then a ``DeadLetter`` on ``unlearn.dead-letter`` per rejected event (keyed by the original
@@ -90,6 +91,10 @@ def notices(
             part = partition_of(outcome.model_id, partitions)
             for record_id in outcome.tombstones:
                 send(topics.records, record_key(outcome.model_id, record_id), None, part)
+        for record in outcome.republish:
+            part = partition_of(record.model_id, partitions)
+            key = record_key(record.model_id, record.record_id)
+            send(topics.records, key, encode_event(record), part)
         for event in (outcome.retrain, outcome.completed):
             if event is not None:
                 send(topics.retrain, outcome.model_id, encode_event(event), None)

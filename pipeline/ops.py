@@ -1,7 +1,9 @@
 """What flows between the worker's stages: operations in, outcomes out.
 
-The intake stage (:mod:`pipeline.routing`) turns deletion requests into :class:`Forget`
-operations per model; the records topic gives :class:`Learn` operations. A model's writer
+The intake stage (:mod:`pipeline.routing`) turns the requests of ``unlearn.deletions`` into
+operations per model: :class:`Forget` (a deletion), :class:`ForgetFeatures` (a feature
+removal), :class:`Relabel` (corrected labels); the records topic gives :class:`Learn`
+operations. A model's writer
 (:class:`~pipeline.applier.Applier`) applies them and returns an :class:`Outcome`, which
 :func:`pipeline.notices.notices` turns into the messages the worker sends.
 """
@@ -13,17 +15,29 @@ from typing import Any
 
 from pipeline.events import (
     DeletionRequested,
+    FeatureRemovalRequested,
     ModelOps,
     ModelPublished,
     Receipt,
     RecordAdded,
+    RelabelRequested,
+    Request,
     RetrainCompleted,
     RetrainRequested,
 )
 from pipeline.intake import Message, Rejected
 from pipeline.unlearning import UpdateReport
 
-__all__ = ["Forget", "Learn", "Op", "Outcome"]
+__all__ = [
+    "Forget",
+    "ForgetFeatures",
+    "Learn",
+    "Op",
+    "Outcome",
+    "Relabel",
+    "RequestOp",
+    "request_op",
+]
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,35 @@ class Learn:
     message: Message | None = None
 
 
-Op = Forget | Learn
+@dataclass(frozen=True)
+class ForgetFeatures:
+    """A feature-removal request for one model, with the message it came from."""
+
+    request: FeatureRemovalRequested
+    message: Message | None = None
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """A label-correction request for one model, with the message it came from."""
+
+    request: RelabelRequested
+    message: Message | None = None
+
+
+RequestOp = Forget | ForgetFeatures | Relabel
+"""An operation from ``unlearn.deletions``: it has a ``request`` with a ``request_id`` and
+gets a receipt."""
+Op = Forget | ForgetFeatures | Relabel | Learn
+
+
+def request_op(request: Request, message: Message | None = None) -> RequestOp:
+    """The operation of a decoded request."""
+    if isinstance(request, FeatureRemovalRequested):
+        return ForgetFeatures(request, message)
+    if isinstance(request, RelabelRequested):
+        return Relabel(request, message)
+    return Forget(request, message)
 
 
 @dataclass
@@ -60,6 +102,9 @@ class Outcome:
         a receipt's ``event_id`` is deterministic, so consumers drop repeats by it.
     tombstones : list of str
         Record ids whose features were erased: tombstone them on ``unlearn.records``.
+    republish : list of RecordAdded
+        Records whose stored label was corrected, sent again on ``unlearn.records`` under
+        their key so that compaction drops the message with the old label.
     rejected : list of Rejected
         Events refused for this model (dead letters).
     retrain : RetrainRequested or None
@@ -82,6 +127,7 @@ class Outcome:
     published: ModelPublished | None = None
     receipts: list[Receipt] = field(default_factory=list)
     tombstones: list[str] = field(default_factory=list)
+    republish: list[RecordAdded] = field(default_factory=list)
     rejected: list[Rejected[Any]] = field(default_factory=list)
     retrain: RetrainRequested | None = None
     completed: RetrainCompleted | None = None

@@ -1,4 +1,4 @@
-"""The intake stage's hand-off: deletion requests routed to models, as per-model batches.
+"""The intake stage's hand-off: requests routed to models, as per-model batches.
 
 Deletion requests arrive keyed by subject; a model's state belongs to one model. As Kafka
 Streams does with a repartition topic, the worker runs two stages:
@@ -33,7 +33,7 @@ from pipeline.events import (
     encode_event,
 )
 from pipeline.intake import Message, Rejected
-from pipeline.ops import Forget, Outcome
+from pipeline.ops import Forget, Outcome, RequestOp, request_op
 from pipeline.store.facade import Store
 from pipeline.training import load_holdout
 
@@ -59,20 +59,22 @@ class Router:
         self.store = store
         self._holdouts: dict[str, frozenset[str]] = {}
 
-    def route(self, forgets: list[Forget]) -> tuple[dict[str, list[Forget]], Outcome]:
-        """Fan deletion requests out to the models they concern.
+    def route(self, ops: list[RequestOp]) -> tuple[dict[str, list[RequestOp]], Outcome]:
+        """Fan requests out to the models they concern, each model's in batch order.
 
-        A request names its models, or concerns every model that holds the subject's or
+        A deletion names its models, or concerns every model that holds the subject's or
         the named records. A named model that does not exist gets a ``rejected`` receipt
-        (and the request a dead letter if it names no existing model); a request whose
-        data no model holds gets an ``already_absent`` receipt from every model.
+        (and the request a dead letter if it names no existing model); a deletion whose
+        data no model holds gets an ``already_absent`` receipt from every model. A
+        feature removal or a relabel names its one model.
 
         Returns
         -------
-        by_model : dict of str to list of Forget
+        by_model : dict of str to list of operations
         outcome : Outcome
             Receipts written and events rejected while routing.
         """
+        forgets = [op for op in ops if isinstance(op, Forget)]
         # before any receipt can be final: what these requests erase stays out for good
         self.store.suppressions.add([op.request for op in forgets])
         registry = set(self.store.models.models())
@@ -81,9 +83,12 @@ class Router:
             for op in forgets
             if op.request.model_ids is None and op.request.subject_id is not None
         )
-        by_model: dict[str, list[Forget]] = {}
+        by_model: dict[str, list[RequestOp]] = {}
         outcome = Outcome(model_id="*")
-        for op in forgets:
+        for op in ops:
+            if not isinstance(op, Forget):  # a feature removal or relabel: one model
+                self._route_one(op, registry, by_model, outcome)
+                continue
             req = op.request
             if req.model_ids is not None:
                 known = [m for m in dict.fromkeys(req.model_ids) if m in registry]
@@ -125,6 +130,25 @@ class Router:
                 model_id, {op.request.request_id: op.request.ts for op in ops}
             )
         return by_model, outcome
+
+    def _route_one(
+        self,
+        op: RequestOp,
+        registry: set[str],
+        by_model: dict[str, list[RequestOp]],
+        outcome: Outcome,
+    ) -> None:
+        """Route a request that names its one model (``model_id``)."""
+        req = op.request
+        model_id = getattr(req, "model_id", "")
+        if model_id in registry:
+            by_model.setdefault(model_id, []).append(op)
+            return
+        reason = f"model {model_id!r} does not exist"
+        self._close_new(outcome, req.request_id, model_id, ReceiptStatus.REJECTED, reason=reason)
+        if op.message is not None:
+            error = f"request {req.request_id!r} names no existing model: {model_id!r}"
+            outcome.rejected.append(Rejected(op.message, "unknown_model", error))
 
     def _close_new(
         self,
@@ -176,14 +200,14 @@ class Router:
         return ids
 
 
-def model_ops(by_model: dict[str, list[Forget]], max_bytes: int) -> list[ModelOps]:
+def model_ops(by_model: dict[str, list[RequestOp]], max_bytes: int) -> list[ModelOps]:
     """One or more :class:`ModelOps` per model, each at most ``max_bytes`` when encoded.
 
     Parameters
     ----------
-    by_model : dict of str to list of Forget
-        The routing of a batch (:meth:`Router.route`); every
-        ``Forget`` carries the message it was decoded from.
+    by_model : dict of str to list of operations
+        The routing of a batch (:meth:`Router.route`); every operation carries the
+        message it was decoded from.
     max_bytes : int
         The size limit of an event (``UNLEARN_MAX_EVENT_BYTES``); a single request is
         always below it, as it was accepted under the same limit.
@@ -211,18 +235,18 @@ def model_ops(by_model: dict[str, list[Forget]], max_bytes: int) -> list[ModelOp
     return out
 
 
-def forgets(batches: Iterable[ModelOps]) -> list[Forget]:
-    """The applier's operations of routed batches, each with a message that names where
-    its request was first consumed (the dead-letter topic gets that origin and the
-    request's JSON)."""
+def forgets(batches: Iterable[ModelOps]) -> list[RequestOp]:
+    """The applier's operations of routed batches (:func:`~pipeline.ops.request_op`), each
+    with a message that names where its request was first consumed (the dead-letter topic
+    gets that origin and the request's JSON)."""
     return [
-        Forget(
+        request_op(
             routed.request,
             Message(
                 routed.origin.topic,
                 routed.origin.partition,
                 routed.origin.offset,
-                (routed.request.subject_id or routed.request.request_id).encode(),
+                _key(routed.request).encode(),
                 encode_event(routed.request),
                 routed.origin.timestamp,
             ),
@@ -230,6 +254,14 @@ def forgets(batches: Iterable[ModelOps]) -> list[Forget]:
         for batch in batches
         for routed in batch.requests
     ]
+
+
+def _key(request: Any) -> str:
+    """The key a request was produced under: the subject for a deletion (else its id),
+    the model id for a feature removal or relabel."""
+    if isinstance(request, DeletionRequested):
+        return request.subject_id or request.request_id
+    return str(request.model_id)
 
 
 def _origin(message: Message | None) -> Origin:

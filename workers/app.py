@@ -42,9 +42,9 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.applier import Applier
 from pipeline.config import Settings
-from pipeline.events import DeletionRequested, ModelOps, RecordAdded
-from pipeline.intake import Message
-from pipeline.ops import Forget, Learn, Outcome
+from pipeline.events import ModelOps, RecordAdded
+from pipeline.intake import Message, decode_request_message
+from pipeline.ops import Learn, Outcome, request_op
 from pipeline.policy import RetrainPolicy, Schedule
 from pipeline.retraining import Retraining
 from pipeline.routing import Router, forgets
@@ -105,9 +105,10 @@ def build_app(
 
     # ---- 1. intake: unlearn.deletions -> routed, applied here or sent to the owner ------
     async def deletions(messages: list[Message]) -> None:
-        """Intake: requests keyed by subject, routed to per-model batches (model-ops)."""
-        good, bad = runtime.decode(messages, DeletionRequested)
-        ops = [Forget(ev, msg) for ev, msg in good]
+        """Intake: deletions keyed by subject, feature removals and relabels keyed by model,
+        routed to per-model batches (model-ops)."""
+        good, bad = runtime.decode(messages, decode_request_message)
+        ops = [request_op(ev, msg) for ev, msg in good]
         with metrics.batch("deletions", len(messages)):
             outcomes = await runtime.guarded(
                 "deletion",

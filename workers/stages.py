@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from pipeline.applier import Applier
-from pipeline.ops import Forget, Op, Outcome
+from pipeline.ops import Op, Outcome, RequestOp
 from pipeline.routing import Router, model_ops
 
 __all__ = ["apply_by_model", "route_deletions"]
@@ -19,11 +19,12 @@ __all__ = ["apply_by_model", "route_deletions"]
 def route_deletions(
     router: Router,
     applier: Applier,
-    ops: list[Forget],
+    ops: list[RequestOp],
     owns: Callable[[str], bool],
     max_bytes: int,
 ) -> list[Outcome]:
-    """The intake stage: suppressions, received receipts, and per-model batches.
+    """The intake stage: suppressions, received receipts, and per-model batches (deletions,
+    feature removals and relabels, each model's in the order they came).
 
     A model whose partition this worker owns is applied here at once (with one worker,
     every model): the hop through ``unlearn.model-ops`` would only add latency, and the
