@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import audit as audit_bench
+from bench import features as features_bench
 from bench import federated
 from bench import scale as scale_bench
 from bench.engine import run_engine_bench
@@ -270,6 +271,7 @@ def render(results: dict[str, Any]) -> str:
         *([scale_bench.markdown(results["scale"])] if "scale" in results else []),
         *([federated.markdown(results["federated"])] if "federated" in results else []),
         *([audit_bench.markdown(results["audit"])] if "audit" in results else []),
+        *([features_bench.markdown(results["features"])] if "features" in results else []),
     ]
     return "\n".join(lines)
 
@@ -286,6 +288,7 @@ def main() -> None:
     results["scale"] = scale_bench.run(quick=args.quick, log=log)
     results["federated"] = federated.run(quick=args.quick, log=log)
     results["audit"] = audit_bench.run(quick=args.quick, log=log)
+    results["features"] = features_bench.run(quick=args.quick, log=log)
     args.output.write_text(render(results) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
