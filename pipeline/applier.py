@@ -31,16 +31,18 @@ The applier is not thread-safe: a worker runs it on one executor thread (single 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ModelVersionConflict, UnknownModel
-from pipeline.events import ReceiptStatus, RetrainRequested
+from pipeline.events import ReceiptStatus, RecordAdded, RetrainRequested
 from pipeline.held import HeldModel, certified, load, summary
 from pipeline.intake import Rejected, produced_at
 from pipeline.merge import merge_refit
@@ -118,6 +120,7 @@ class Applier:
             engine=model.engine,
             held=model.held,
             holdout=model.holdout,
+            feature_names=model.extra.get("feature_names"),
         )
         unsent = self.store.records.unsent_tombstones(model_id)  # a crash's leftovers
         if not plan.changes:
@@ -134,13 +137,14 @@ class Applier:
                 erased = list(zip(ids, X, labels.tolist(), strict=True))
             if plan.removed:
                 reports.append(model.engine.forget(list(plan.removed)))
+            edits = self._edit(model, plan, reports, in_flight)
             if plan.added:
                 recs = list(plan.added.values())
                 X = np.stack([r.features for r in recs])
                 y = np.array([r.label for r in recs])
                 reports.append(model.engine.learn(X, y, ids=[r.record_id for r in recs]))
             reports.extend(certified(model.engine, model_id))
-            result, health = self._publish_batch(model_id, model, plan, reports)
+            result, health = self._publish_batch(model_id, model, plan, reports, edits)
         except ModelVersionConflict:
             self._models.pop(model_id, None)
             if _attempt >= _RETRIES:
@@ -153,6 +157,10 @@ class Applier:
 
         new_seq = result.metadata.seq
         model.keep(new_seq, erased)
+        if edits.kept_columns is not None:
+            model.keep_columns(new_seq, *edits.kept_columns)
+        if edits.kept_labels:
+            model.keep_labels(new_seq, edits.kept_labels)
         for rid in plan.removed:
             model.held.pop(rid, None)
         model.held.update((rid, rec.subject_id) for rid, rec in plan.added.items())
@@ -177,6 +185,7 @@ class Applier:
             published=result.notice(),
             receipts=list(result.receipts) + list(plan.announce.values()),
             tombstones=sorted(set(plan.dropped) | plan.erased | set(unsent)),
+            republish=edits.events,
             rejected=plan.rejected,
             reports=reports,
             skipped=plan.skipped,
@@ -191,7 +200,9 @@ class Applier:
     def _facts(self, model_id: str, ops: list[Op]) -> Facts:
         """What :func:`~pipeline.plan.plan_batch` needs from Redis for ``ops``."""
         forgets = [op.request for op in ops if isinstance(op, Forget)]
-        request_ids = [r.request_id for r in forgets]
+        request_ids = list(
+            dict.fromkeys(op.request.request_id for op in ops if not isinstance(op, Learn))
+        )
         stored = self.store.receipts.get_many(request_ids, model_id)
         final = {
             rid: rcpt
@@ -205,12 +216,76 @@ class Applier:
             for _, op in learns
         ]
         suppressed = self.store.suppressions.suppressed(model_id, candidates)
+        corrected = self._relabelled_before(model_id, candidates)
+        suppressed = [a or b for a, b in zip(suppressed, corrected, strict=True)]
         return Facts(
             final=final,
             subject_records=self.store.records.subject_record_ids_many(model_id, subjects),
             seen=self._seen_events(model_id, [op.event.event_id for _, op in learns]),
             suppressed={i for (i, _), out in zip(learns, suppressed, strict=True) if out},
         )
+
+    def _relabelled_before(self, model_id: str, candidates: list[Candidate]) -> list[bool]:
+        """For each new record: was its record id relabelled at or after the instant the
+        record was produced? Then it carries the label the correction replaced (a replay of
+        the compacted records topic, an offset reset) and must never be learned."""
+        if not candidates:
+            return []
+        client: Any = self.store.client
+        times = client.hmget(
+            self.store.keys.relabelled(model_id), [c.record_id for c in candidates]
+        )
+        return [
+            t is not None and c.produced_at.timestamp() <= float(t)
+            for c, t in zip(candidates, times, strict=True)
+        ]
+
+    def _edit(
+        self, model: HeldModel, plan: Plan, reports: list[UpdateReport], in_flight: bool
+    ) -> Edits:
+        """Relabel, then forget the plan's columns, on the engine; what Redis and the
+        records topic must then say (:class:`Edits`)."""
+        engine = model.engine
+        edits = Edits()
+        if plan.relabels:
+            ids = list(plan.relabels)
+            X, old = engine.held_records(ids)
+            if in_flight:
+                edits.kept_labels = dict(zip(ids, old.tolist(), strict=True))
+            report = engine.relabel(ids, list(plan.relabels.values()))
+            reports.append(report)
+            edits.methods["relabel"] = report.method
+            edits.labels = dict(plan.relabels)
+            edits.features.update(zip(ids, X, strict=True))
+        if plan.columns:
+            columns = tuple(plan.columns)
+            held = [rid for rid in model.held if rid not in plan.removed]
+            X, _ = engine.held_records(held) if held else (np.empty((0, 0)), None)
+            if in_flight and held:
+                edits.kept_columns = (
+                    columns,
+                    {rid: X[i, list(columns)].copy() for i, rid in enumerate(held)},
+                )
+            report = engine.forget_features(list(columns))
+            reports.append(report)
+            edits.methods["feature_removal"] = report.method
+            edits.features.update(zip(held, X, strict=True))
+        forgotten = [int(c) for c in getattr(engine, "forgotten_features_", ())]
+        if forgotten:  # stored without the forgotten columns' values, held or learned
+            for rid, x in edits.features.items():
+                x = np.array(x, dtype=np.float64)
+                x[forgotten] = 0.0
+                edits.features[rid] = x
+            for rid, rec in plan.added.items():
+                if np.any(rec.features[forgotten]):
+                    x = np.array(rec.features, dtype=np.float64)
+                    x[forgotten] = 0.0
+                    plan.added[rid] = replace(rec, features=x)
+        if plan.relabels:  # the corrected records, as they go back on the records topic
+            edits.republish = {rid: edits.features[rid] for rid in plan.relabels}
+        if not plan.columns:  # only a relabel read these: their stored features stay
+            edits.features = {}
+        return edits
 
     def _seen_events(self, model_id: str, event_ids: list[str]) -> set[str]:
         if not event_ids:
@@ -228,19 +303,30 @@ class Applier:
             rejected=plan.rejected,
             skipped=plan.skipped,
         )
-        out.receipts += self.store.receipts.close_many(
-            model_id,
-            plan.received,
-            ReceiptStatus.ALREADY_ABSENT,
-            version=model.version,
-            method="none",
-            certificate=float(model.engine.certificate_),
-            budget=float(model.engine.budget_),
-        )
+        common = {
+            "version": model.version,
+            "method": "none",
+            "certificate": float(model.engine.certificate_),
+            "budget": float(model.engine.budget_),
+        }
+        groups: dict[tuple[ReceiptStatus, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        for request_id, received in plan.received.items():
+            status, fields = _receipt_of(plan, request_id, 0, {})
+            key = (status, json.dumps(fields, sort_keys=True, default=str))
+            groups.setdefault(key, (fields, {}))[1][request_id] = received
+        for (status, _), (fields, requests) in groups.items():
+            out.receipts += self.store.receipts.close_many(
+                model_id, requests, status, **{**common, **fields}
+            )
         return out
 
     def _publish_batch(
-        self, model_id: str, model: HeldModel, plan: Plan, reports: list[UpdateReport]
+        self,
+        model_id: str,
+        model: HeldModel,
+        plan: Plan,
+        reports: list[UpdateReport],
+        edits: Edits,
     ) -> tuple[PublishResult, ModelHealth]:
         engine = model.engine
         deleted = sum(1 for rid in plan.removed if rid not in plan.added)
@@ -264,9 +350,24 @@ class Applier:
         pub.erase_records(plan.removed, {r: model.held[r] for r in plan.removed})
         pub.tombstones(plan.erased)
         for request_id, n in plan.requests.items():
-            status = ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT
-            pub.receipt(request_id, status, n_records=n, received_at=plan.received[request_id])
-        pub.mark_events(plan.events).applied_seq(new_seq)
+            status, fields = _receipt_of(plan, request_id, n, edits.methods)
+            pub.receipt(request_id, status, received_at=plan.received[request_id], **fields)
+        now = datetime.now(UTC)
+        pub.update_records(edits.features, edits.labels, relabelled_at=now.timestamp())
+        edits.events = [
+            RecordAdded(
+                event_id=f"relabel:{model_id}:{rid}:{new_seq}",
+                model_id=model_id,
+                record_id=rid,
+                subject_id=model.held[rid],
+                features=[float(v) for v in x],
+                label=edits.labels[rid],
+                ts=now,
+            )
+            for rid, x in edits.republish.items()
+        ]  # marked applied: the owner reading them back does not learn them again
+        pub.mark_events([*plan.events, *(ev.event_id for ev in edits.events)])
+        pub.applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
         pub.erased_versions_grace(self.erased_versions_grace)
         if new_holdout is not None:
@@ -341,6 +442,58 @@ class Applier:
             keep_versions=self.keep_versions,
             request_retrain=self.request_retrain,
         )
+
+
+def _receipt_of(
+    plan: Plan, request_id: str, n: int, methods: dict[str, str]
+) -> tuple[ReceiptStatus, dict[str, Any]]:
+    """A request's receipt status and fields: ``rejected`` with the reason, else
+    ``applied`` when it changed something, ``already_absent`` when not; a feature removal
+    names the columns it forgot, a relabel the records it corrected, with its own method."""
+    reason = plan.refused.get(request_id)
+    change = plan.changes_of.get(request_id)
+    fields: dict[str, Any] = {"n_records": n}
+    if change is not None:
+        fields["operation"] = change.operation
+        if change.operation == "feature_removal":
+            fields["columns"] = list(change.columns)
+            fields["n_records"] = 0
+        else:
+            fields["relabelled"] = list(change.relabelled)
+        if n and change.operation in methods:
+            fields["method"] = methods[change.operation]
+    if reason is not None:
+        operation = {"operation": change.operation} if change is not None else {}
+        return ReceiptStatus.REJECTED, {"reason": reason, "n_records": 0, **operation}
+    return (ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT), fields
+
+
+@dataclass
+class Edits:
+    """What a batch's relabels and feature removals change besides the engine.
+
+    Attributes
+    ----------
+    features : dict of str to ndarray
+        Held records' features with the forgotten columns zeroed, to store.
+    labels : dict of str to label
+        Held records' corrected labels, to store.
+    republish : dict of str to ndarray
+        The relabelled records' (stored) features, for their corrected ``RecordAdded``.
+    methods : dict of str to str
+        The engine's method for each operation (``relabel``, ``feature_removal``).
+    kept_columns, kept_labels
+        While a retrain is in flight: the forgotten columns' values and the labels
+        before the correction, for the merge (:meth:`HeldModel.keep_columns`).
+    """
+
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    republish: dict[str, np.ndarray] = field(default_factory=dict)
+    methods: dict[str, str] = field(default_factory=dict)
+    kept_columns: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None
+    kept_labels: dict[str, Any] = field(default_factory=dict)
+    events: list[RecordAdded] = field(default_factory=list)
 
 
 def _unknown(model_id: str, ops: list[Op], exc: UnknownModel) -> Outcome:

@@ -49,6 +49,11 @@ class HeldModel:
     retain_from : int or None
         The sequence number from which :attr:`retained` is complete (None: no retrain is
         in flight as far as this worker knows).
+    retained_columns : list of (seq, columns, {record id: values})
+        While a retrain is in flight, the values every held record had in the columns a
+        version forgot (Redis holds them zeroed since).
+    retained_labels : list of (seq, record id, label)
+        While a retrain is in flight, the label a record had before a version relabelled it.
     """
 
     engine: Engine
@@ -59,6 +64,10 @@ class HeldModel:
     holdout: Holdout | None
     retained: list[tuple[int, str, np.ndarray, Any]] = field(default_factory=list)
     retain_from: int | None = None
+    retained_columns: list[tuple[int, tuple[int, ...], dict[str, np.ndarray]]] = field(
+        default_factory=list
+    )
+    retained_labels: list[tuple[int, str, Any]] = field(default_factory=list)
 
     def track_retrain(self, in_flight: bool) -> None:
         """Keep erased features from now on while a retrain is in flight; else drop them."""
@@ -70,7 +79,37 @@ class HeldModel:
     def drop_retained(self) -> None:
         """Forget the kept features: the refit was merged, discarded, or none is running."""
         self.retained.clear()
+        self.retained_columns.clear()
+        self.retained_labels.clear()
         self.retain_from = None
+
+    def keep_columns(
+        self, seq: int, columns: tuple[int, ...], values: dict[str, np.ndarray]
+    ) -> None:
+        """Keep the values the held records had in ``columns``, forgotten by version ``seq``."""
+        self.retained_columns.append((seq, columns, values))
+
+    def keep_labels(self, seq: int, labels: dict[str, Any]) -> None:
+        """Keep the labels records had before version ``seq`` corrected them."""
+        self.retained_labels.extend((seq, rid, label) for rid, label in labels.items())
+
+    def as_of(self, seq: int, record_id: str, x: np.ndarray, label: Any) -> tuple[np.ndarray, Any]:
+        """A record's features and label as they were at ``seq``: the columns forgotten and
+        the label corrected after ``seq`` put back from what was kept."""
+        restored = x
+        for tag, columns, values in self.retained_columns:
+            if tag > seq and record_id in values:
+                if restored is x:
+                    restored = np.array(x, dtype=np.float64)
+                restored[list(columns)] = values[record_id]
+        for tag, rid, old in self.retained_labels:
+            if tag > seq and rid == record_id:
+                return restored, old  # the first correction after seq holds the old label
+        return restored, label
+
+    def relabelled_after(self, seq: int) -> set[str]:
+        """Record ids whose label a version after ``seq`` corrected."""
+        return {rid for tag, rid, _ in self.retained_labels if tag > seq}
 
     def keep(self, seq: int, erased: list[tuple[str, np.ndarray, Any]]) -> None:
         """Keep the features of records the version ``seq`` erased, for the merge."""

@@ -8,8 +8,11 @@ model's writer merges it (:func:`merge_refit`):
    model moved to it after S), the result is discarded and a new retrain requested;
 2. the refit's records are rebuilt: those erased after S from the features the writer
    kept in memory (:meth:`~pipeline.held.HeldModel.keep`), the rest from Redis;
-3. every record erased after S is forgotten, every record added after S learned, and the
-   engine refitted if the certificate ended over the budget;
+3. every record erased after S is forgotten, every label corrected after S corrected
+   again, every feature column forgotten after S forgotten, every record added after S
+   learned, and the engine refitted if the certificate ended over the budget (the
+   snapshot's records are rebuilt as they were at S: the columns' values and the labels
+   before the correction come from what the writer kept, Redis holding them changed);
 4. the result is published (method ``"retrain"``) in one transaction that also clears the
    retrain marker and result.
 
@@ -99,13 +102,20 @@ def merge_refit(
         raise PipelineError(msg)
     by_id = {rec.record_id: rec for rec in stored if rec is not None}
     records = [
-        by_id[rid] if rid in by_id else StoredRecord(rid, "", kept[rid][0], kept[rid][1])
+        _as_of(model, S, by_id[rid] if rid in by_id else StoredRecord(rid, "", *kept[rid]))
         for rid in snapshot_ids
     ]
     engine = engine_from_state(result.state, records, model.engine.n_features_in_)
     forget = [rid for rid in snapshot_ids if rid in kept]
     if forget:
         engine.forget(forget)
+    corrected = model.relabelled_after(S)
+    relabel = [rid for rid in snapshot_ids if rid in by_id and rid in corrected]
+    if relabel:  # the snapshot had the labels the corrections replaced
+        engine.relabel(relabel, [by_id[rid].label for rid in relabel])
+    columns = [int(c) for c in getattr(model.engine, "forgotten_features_", ())]
+    if columns:  # the columns forgotten after S (those before are no-ops)
+        engine.forget_features(columns)
     still = set(snapshot_ids) - set(forget)
     learn_ids = sorted(rid for rid in model.held if rid not in still)
     if learn_ids:
@@ -138,11 +148,14 @@ def merge_refit(
     model.engine, model.version, model.extra = engine, published.version, extra
     model.drop_retained()
     log.info(
-        "model %r: merged the refit of seq %d as v%d (%d forgotten, %d learned since)",
+        "model %r: merged the refit of seq %d as v%d (%d forgotten, %d relabelled, "
+        "%d columns forgotten, %d learned since)",
         model_id,
         S,
         published.version,
         len(forget),
+        len(relabel),
+        len(columns),
         len(learn_ids),
     )
     completed = RetrainCompleted(
@@ -155,3 +168,11 @@ def merge_refit(
         ts=datetime.now(UTC),
     )
     return Outcome(model_id, published=published.notice(), completed=completed)
+
+
+def _as_of(model: HeldModel, seq: int, record: StoredRecord) -> StoredRecord:
+    """``record`` as the snapshot at ``seq`` had it (:meth:`HeldModel.as_of`)."""
+    x, label = model.as_of(seq, record.record_id, record.features, record.label)
+    if x is record.features and label == record.label:
+        return record
+    return StoredRecord(record.record_id, record.subject_id, x, label)

@@ -64,12 +64,14 @@ published version records it."""
 
 @dataclass(frozen=True)
 class Table:
-    """Rows to train on: features, labels, subject and record ids (strings)."""
+    """Rows to train on: features, labels, subject and record ids (strings), and the
+    features' names when the file had a header (a CSV)."""
 
     X: NDArray[np.float64]
     y: NDArray[Any]
     subjects: list[str]
     ids: list[str]
+    feature_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -182,6 +184,7 @@ def load_table(
         raise InvalidInput(msg)
     subjects: list[str] | None = None
     ids: list[str] | None = None
+    names: list[str] | None = None
     if file.suffix == ".npz":
         with np.load(file, allow_pickle=False) as data:
             if "X" not in data.files or "y" not in data.files:
@@ -198,7 +201,7 @@ def load_table(
             if "ids" in data.files:
                 ids = [str(i) for i in data["ids"]]
     elif file.suffix == ".csv":
-        X, y, subjects, ids = _read_csv(file, label_column, subject_column, id_column)
+        X, y, subjects, ids, names = _read_csv(file, label_column, subject_column, id_column)
     else:
         msg = f"data file {file.name!r}: use a .csv (with a header row) or an .npz file"
         raise InvalidInput(msg)
@@ -213,12 +216,14 @@ def load_table(
     if len(set(ids)) != len(ids):
         msg = f"{file}: record ids are not unique"
         raise InvalidInput(msg)
-    return Table(X=X, y=y, subjects=subjects or list(ids), ids=ids)
+    if names is not None and len(set(names)) != len(names):
+        names = None  # a duplicated header cannot name a column: indices only
+    return Table(X=X, y=y, subjects=subjects or list(ids), ids=ids, feature_names=names)
 
 
 def _read_csv(
     file: Path, label_column: str, subject_column: str | None, id_column: str | None
-) -> tuple[NDArray[np.float64], NDArray[Any], list[str] | None, list[str] | None]:
+) -> tuple[NDArray[np.float64], NDArray[Any], list[str] | None, list[str] | None, list[str]]:
     with open(file, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if len(rows) < 2:
@@ -243,7 +248,7 @@ def _read_csv(
     y = _label_array([r[header.index(label_column)] for r in body])
     subjects = None if subject_column is None else [r[header.index(subject_column)] for r in body]
     ids = None if id_column is None else [r[header.index(id_column)] for r in body]
-    return X, y, subjects, ids
+    return X, y, subjects, ids, [header[i] for i in feature_cols]
 
 
 def build_engine(kind: Kind, **params: Any) -> Engine:
@@ -416,6 +421,8 @@ def train_model(
             "last_fit": baseline,
             "first_fit": {"version": 1, "class_scores": class_scores(metrics)},
             "deleted_since_fit": 0,
+            # a feature removal may name columns by these (pipeline.plan)
+            **({"feature_names": list(table.feature_names)} if table.feature_names else {}),
         },
     )
     records = [

@@ -114,6 +114,11 @@ class KeySpace:
         """SET: erased record ids whose tombstones the broker has not yet acknowledged."""
         return f"{self._model(model_id)}:tombstones"
 
+    def relabelled(self, model_id: str) -> str:
+        """HASH: record id -> epoch seconds its label was last corrected; a ``RecordAdded``
+        of the record produced at or before then (the old label) is never learned."""
+        return f"{self._model(model_id)}:relabelled"
+
     def subject_records(self, model_id: str, subject_id: str) -> str:
         """SET: a subject's record ids in one model."""
         return f"{self._model(model_id)}:subj:{subject_token(subject_id)}"

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import redis
 
 from pipeline.errors import InvalidInput, ModelVersionConflict
@@ -119,6 +120,7 @@ class _Plan:
     drop_versions: list[int]
     drop_checkpoints: list[int]
     expire_versions: list[int] = field(default_factory=list)
+    rewrite: list[str] = field(default_factory=list)
 
 
 class Publication:
@@ -160,6 +162,10 @@ class Publication:
         self._known_subjects: dict[str, str] = {}
         self._erase_subjects: list[str] = []
         self._receipts: dict[str, tuple[ReceiptStatus, str | None, int, datetime | None]] = {}
+        self._receipt_details: dict[str, dict[str, Any]] = {}
+        self._new_features: dict[str, np.ndarray] = {}
+        self._new_labels: dict[str, Any] = {}
+        self._relabelled_at: float | None = None
         self._seq: int | None = None
         self._state: dict[str, bytes] | None = None
         self._keep_older: bool = False
@@ -216,11 +222,15 @@ class Publication:
         reason: str | None = None,
         n_records: int = 0,
         received_at: datetime | None = None,
+        **details: Any,
     ) -> Publication:
         """Write a receipt pointing at the new version (a final receipt is kept).
 
-        ``n_records`` is how many of the request's records this version erased;
-        ``received_at`` when the request arrived, if no receipt of it is stored yet.
+        ``n_records`` is how many of the request's records this version erased (or
+        relabelled); ``received_at`` when the request arrived, if no receipt of it is
+        stored yet; ``details``: other :class:`~pipeline.events.Receipt` fields
+        (``operation``, ``columns``, ``relabelled``, and ``method`` when the request's own
+        update differs from the version's).
         """
         self._receipts[request_id] = (
             ReceiptStatus(status),
@@ -228,6 +238,29 @@ class Publication:
             int(n_records),
             received_at,
         )
+        self._receipt_details[request_id] = details
+        return self
+
+    def update_records(
+        self,
+        features: Mapping[str, np.ndarray] | None = None,
+        labels: Mapping[str, Any] | None = None,
+        *,
+        relabelled_at: float | None = None,
+    ) -> Publication:
+        """Rewrite held records' features (a feature removal zeroes the columns) and labels
+        (a relabel), in the same transaction as the version that no longer uses the old
+        values. Records the model does not hold, or erased by this publication, are left
+        alone (never recreated).
+
+        ``relabelled_at`` (epoch seconds): remember, per relabelled record, when its label
+        was corrected, so that a replay of its older ``RecordAdded`` is never learned.
+        """
+        for rid, x in (features or {}).items():
+            self._new_features[rid] = np.asarray(x, dtype="<f8")
+        self._new_labels.update(labels or {})
+        if relabelled_at is not None:
+            self._relabelled_at = float(relabelled_at)
         return self
 
     def applied_seq(self, seq: int) -> Publication:
@@ -360,6 +393,14 @@ class Publication:
         erase = {rid: s for rid, s in zip(ids, subjects, strict=True) if s is not None}
         absent = [rid for rid, s in zip(ids, subjects, strict=True) if s is None]
 
+        updates = [
+            rid
+            for rid in dict.fromkeys([*self._new_features, *self._new_labels])
+            if rid not in erase and rid not in {r.record_id for r in added}
+        ]
+        still = pipe.smismember(keys.records(model_id), updates) if updates else []
+        rewrite = [rid for rid, has in zip(updates, still, strict=True) if has]
+
         n_records = int(pipe.scard(keys.records(model_id))) + len(added) - len(erase)
         coef, intercept = spec.checked()
         coef_bytes, coef_spec = encode_array(coef, "coef")
@@ -386,6 +427,8 @@ class Publication:
             if existing is not None and existing.status.final:
                 kept.append(existing)
                 continue
+            outcome: dict[str, Any] = {"method": spec.method}
+            outcome.update(self._receipt_details.get(request_id, {}))
             receipts.append(
                 next_receipt(
                     existing,
@@ -397,10 +440,10 @@ class Publication:
                     received_at=None if received_at is None else min(received_at, now),
                     reason=reason,
                     version=version,
-                    method=spec.method,
                     certificate=spec.certificate,
                     budget=spec.budget,
                     n_records=n_erased,
+                    **outcome,
                 )
             )
 
@@ -432,7 +475,24 @@ class Publication:
             drop_versions=drop_versions,
             drop_checkpoints=[v for v in drop_checkpoints if v != version],
             expire_versions=expire_versions,
+            rewrite=rewrite,
         )
+
+    def _stage_rewrites(self, pipe: Any, rewrite: list[str]) -> None:
+        """Queue the rewritten features and labels of held records (:meth:`update_records`)."""
+        keys, model_id = self._keys, self.model_id
+        relabelled: dict[str, float] = {}
+        for rid in rewrite:
+            fields: dict[str, bytes] = {}
+            if rid in self._new_features:
+                fields["features"] = self._new_features[rid].tobytes()
+            if rid in self._new_labels:
+                fields["label"] = json.dumps(self._new_labels[rid]).encode()
+                if self._relabelled_at is not None:
+                    relabelled[rid] = self._relabelled_at
+            pipe.hset(keys.record(model_id, rid), mapping=fields)
+        if relabelled:
+            pipe.hset(keys.relabelled(model_id), mapping=relabelled)
 
     def _subjects(self, pipe: Any, ids: list[str]) -> list[str | None]:
         """Subject of each record to erase, ``None`` for records the model does not hold."""
@@ -458,6 +518,9 @@ class Publication:
         pipe.set(keys.current(model_id), version)
         pipe.set(keys.applied_seq(model_id), self._seq if self._seq is not None else meta.seq)
         stage_erase(pipe, keys, model_id, plan.erase)
+        if plan.erase:  # an erased record's correction time goes with it
+            pipe.hdel(keys.relabelled(model_id), *plan.erase)
+        self._stage_rewrites(pipe, plan.rewrite)
         if self._tombstones:
             pipe.sadd(keys.tombstones(model_id), *self._tombstones)
         stage_add(pipe, keys, model_id, plan.added)
