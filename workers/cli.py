@@ -483,6 +483,102 @@ def delete(
                 raise PipelineError(msg)
 
 
+@app.command("forget-feature")
+def forget_feature(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL")],
+    columns: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="COLUMN...",
+            help="0-based column indices, or feature names when the model was trained from "
+            "a CSV with a header.",
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "feature removal",
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the receipt (0: do not wait).")
+    ] = 0.0,
+) -> None:
+    """Make a model stop using feature columns, now and for records it learns later."""
+    named: list[int | str] = [int(c) if c.isdigit() else c for c in columns]
+    _send_request(
+        lambda client: client.forget_features(
+            model_id, named, reason=reason, request_id=request_id
+        ),
+        wait,
+    )
+
+
+@app.command()
+def relabel(
+    model_id: Annotated[str, typer.Argument(metavar="MODEL")],
+    record: Annotated[
+        list[str], typer.Option(help="A record to relabel (repeatable, each with a --label).")
+    ],
+    label: Annotated[
+        list[str],
+        typer.Option(
+            help="Its corrected label (repeatable: the n-th --label goes with the n-th --record)."
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "label correction",
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the receipt (0: do not wait).")
+    ] = 0.0,
+) -> None:
+    """Correct the labels of records a model holds (e.g. a label-flip poisoning)."""
+    if len(record) != len(label):
+        msg = (
+            f"{len(record)} --record and {len(label)} --label: give one --label after each --record"
+        )
+        raise PipelineError(msg)
+    if len(set(record)) != len(record):
+        msg = "a record is named twice: give each --record one --label"
+        raise PipelineError(msg)
+    labels = dict(zip(record, (_parse_label(v) for v in label), strict=True))
+    _send_request(
+        lambda client: client.relabel(model_id, labels, reason=reason, request_id=request_id),
+        wait,
+    )
+
+
+def _parse_label(text: str) -> int | float | str:
+    """A label as typed: an integer, else a number, else the text (as ``unlearn train``
+    reads labels from a CSV)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _send_request(send: Any, wait: float) -> None:
+    """Produce a request with ``send(DeletionClient)``; print its id (and receipts)."""
+    from pipeline.sdk import DeletionClient
+
+    settings = load_settings()
+    with _services(settings) as found:
+        with DeletionClient(
+            found.kafka_bootstrap, settings.topic_prefix, **settings.kafka_config()
+        ) as client:
+            rid = send(client)
+        console.print(f"request {rid} published")
+        if wait > 0:
+            with _store(settings, found) as store:
+                receipts = _wait_receipts(store, rid, wait)
+            _print_receipts(rid, receipts)
+            if not receipts or not all(r.status.final for r in receipts):
+                msg = f"request {rid}: no final receipt within {wait:g} s"
+                raise PipelineError(msg)
+            rejected = [r for r in receipts if r.status.value == "rejected"]
+            if rejected:
+                msg = f"request {rid} rejected by {rejected[0].model_id!r}: {rejected[0].reason}"
+                raise PipelineError(msg)
+
+
 objection_app = typer.Typer(help="Objections (GDPR Art. 21) to a subject's data being learned.")
 app.add_typer(objection_app, name="objection")
 
@@ -531,6 +627,7 @@ def _print_receipts(request_id: str, receipts: list[Any]) -> None:
         "version",
         "method",
         "records",
+        "changed",
         "certificate",
         "budget",
         "completed",
@@ -544,12 +641,26 @@ def _print_receipts(request_id: str, receipts: list[Any]) -> None:
             "" if r.version is None else str(r.version),
             r.method or "",
             str(r.n_records),
+            _changed(r),
             "" if r.certificate is None else f"{r.certificate:.3g}",
             "" if r.budget is None else f"{r.budget:.3g}",
             "" if r.completed_at is None else r.completed_at.isoformat(timespec="seconds"),
             r.due_at.date().isoformat(),
         )
     console.print(table)
+
+
+def _changed(receipt: Any) -> str:
+    """What a feature removal or relabel changed (or why it was rejected), for the table."""
+    if receipt.reason and receipt.status.value == "rejected":
+        return f"rejected: {receipt.reason}"
+    if receipt.columns is not None:
+        return "columns " + (", ".join(map(str, receipt.columns)) or "none (already forgotten)")
+    if receipt.relabelled is not None:
+        shown = ", ".join(receipt.relabelled[:5])
+        more = f", ... ({len(receipt.relabelled)})" if len(receipt.relabelled) > 5 else ""
+        return f"labels of {shown}{more}"
+    return ""
 
 
 @app.command()

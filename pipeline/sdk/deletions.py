@@ -1,4 +1,5 @@
-"""The producer side of the SDK: publish deletion requests and new training records.
+"""The producer side of the SDK: publish deletion requests, feature removals, label
+corrections and new training records.
 
 An application team uses :class:`DeletionClient`::
 
@@ -6,6 +7,8 @@ An application team uses :class:`DeletionClient`::
         client.add_records("churn", [{"record_id": "r1", "subject_id": "alice",
                                       "features": [0.3, 1.2], "label": 1}])
         request_id = client.request(subject_id="alice", reason="GDPR Art. 17")
+        client.forget_features("churn", ["zip_code"])   # or 0-based indices
+        client.relabel("churn", {"r1": 0})              # record id -> corrected label
 
 Events are validated before they leave the process (a bad one raises
 :class:`~pipeline.errors.SchemaError`, nothing is sent) and produced with ``acks="all"``
@@ -26,7 +29,14 @@ from kafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from pipeline.errors import SchemaError
-from pipeline.events import DeletionRequested, Event, RecordAdded, encode_event
+from pipeline.events import (
+    DeletionRequested,
+    Event,
+    FeatureRemovalRequested,
+    RecordAdded,
+    RelabelRequested,
+    encode_event,
+)
 from pipeline.topics import Topics, record_key
 
 if TYPE_CHECKING:
@@ -53,7 +63,8 @@ def _validated(cls: type[Event], **fields: Any) -> Any:
 
 
 class DeletionClient:
-    """Publish ``DeletionRequested`` and ``RecordAdded`` events.
+    """Publish ``DeletionRequested``, ``FeatureRemovalRequested``, ``RelabelRequested``
+    and ``RecordAdded`` events.
 
     Parameters
     ----------
@@ -146,14 +157,102 @@ class DeletionClient:
             objection=objection,
         )
         key = event.subject_id or (event.record_ids or [event.request_id])[0]
+        return self._send_request(event, key)
+
+    def forget_features(
+        self,
+        model_id: str,
+        columns: Iterable[int | str],
+        *,
+        reason: str = "feature removal",
+        request_id: str | None = None,
+    ) -> str:
+        """Ask a model to stop using feature columns, now and for records learned later.
+
+        Parameters
+        ----------
+        model_id : str
+        columns : iterable of int or str
+            0-based column indices, or feature names when the model was trained from a
+            CSV with a header (``unlearn train --data file.csv``). The model's owner
+            resolves them; an unknown name or an index out of range gets a ``rejected``
+            receipt with the reason.
+        reason : str
+            Why, for the audit trail (e.g. ``"protected attribute"``).
+        request_id : str, optional
+            Idempotency key; a new UUID by default.
+
+        Returns
+        -------
+        str
+            The request id, to look up the receipt with ``ModelClient.receipt``: it names
+            the columns forgotten, the method and the certificate.
+
+        Raises
+        ------
+        SchemaError
+            The request is invalid (no column, a negative index); nothing was sent.
+        """
+        event: FeatureRemovalRequested = _validated(
+            FeatureRemovalRequested,
+            request_id=request_id or uuid.uuid4().hex,
+            model_id=model_id,
+            columns=list(columns),
+            reason=reason,
+        )
+        return self._send_request(event, event.model_id)
+
+    def relabel(
+        self,
+        model_id: str,
+        labels: Mapping[str, Any],
+        *,
+        reason: str = "label correction",
+        request_id: str | None = None,
+    ) -> str:
+        """Correct the labels of records a model holds.
+
+        Parameters
+        ----------
+        model_id : str
+        labels : mapping of str to label
+            Record id -> corrected label. A record the model does not hold (never held or
+            forgotten) or a label outside its classes gets a ``rejected`` receipt with the
+            reason, and none of the request's labels is applied.
+        reason : str
+            Why, for the audit trail (e.g. ``"label-flip poisoning"``).
+        request_id : str, optional
+            Idempotency key; a new UUID by default.
+
+        Returns
+        -------
+        str
+            The request id, for the receipt (it names the records relabelled).
+
+        Raises
+        ------
+        SchemaError
+            The request is invalid (no label, a bad record id); nothing was sent.
+        """
+        event: RelabelRequested = _validated(
+            RelabelRequested,
+            request_id=request_id or uuid.uuid4().hex,
+            model_id=model_id,
+            labels=[{"record_id": rid, "label": label} for rid, label in labels.items()],
+            reason=reason,
+        )
+        return self._send_request(event, event.model_id)
+
+    def _send_request(self, event: Event, key: str) -> str:
+        """Produce a request on ``unlearn.deletions`` and wait for the broker's ack."""
         future = self._producer.send(
             self.topics.deletions,
             key=key.encode(),
             value=encode_event(event),
-            headers=[("type", b"DeletionRequested")],
+            headers=[("type", type(event).__name__.encode())],
         )
         future.get(timeout=self.timeout)
-        return event.request_id
+        return event.idempotency_key
 
     def add_records(
         self, model_id: str, records: Iterable[Mapping[str, Any] | StoredRecord]
