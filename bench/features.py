@@ -1,6 +1,6 @@
 """Forgetting feature columns and correcting labels (issue 18), against refits from scratch.
 
-Warnecke, Arp, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023)
+Warnecke, Pirch, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023)
 unlearn a column or a label instead of a whole record; the engine's ``forget_features`` and
 ``relabel`` (:mod:`pipeline.unlearning.features`, :mod:`pipeline.unlearning.labels`) are
 measured here next to what they replace: the model fitted from scratch on the changed data

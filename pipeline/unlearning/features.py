@@ -1,7 +1,7 @@
 r"""Forgetting feature columns: which columns, and the change it makes to a model's data.
 
-Warnecke, Arp, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023,
-sec. 4) unlearn a change of the training points :math:`Z \to \tilde Z` by an update from
+Warnecke, Pirch, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023;
+arXiv:2108.11577) unlearn a change of the training points :math:`Z \to \tilde Z` by an update from
 the gradients on both. Forgetting a set F of columns changes every record:
 :math:`\tilde x_i` is :math:`x_i` with the entries in F set to 0. The model after the
 change is the minimiser of the same objective over the *remaining* weights, those in F
@@ -16,7 +16,7 @@ Hessian's rows and columns F are :math:`\lambda n e_j`). So :func:`drop_columns`
 columns of the held records, of w and of b, and *down-dates* the cached curvature
 (:meth:`~pipeline.unlearning.curvature.CurvatureCache.drop_features`: the rows and columns
 F of :math:`\tilde X^\top C \tilde X` are 0, no pass over the records); the rest of w is
-then corrected on the changed data by a second-order step (Warnecke et al.'s eq. 7,
+then corrected on the changed data by a second-order step (Warnecke et al.'s second-order update,
 :math:`w \leftarrow w - H^{-1} \nabla L(w; \tilde D)`, here on the full gradient of the
 changed data, which also takes out any residual left by earlier updates) or a first-order
 one (:func:`~pipeline.unlearning.steps.revise`).

@@ -1,7 +1,7 @@
 r"""Correcting labels: which records change, and what the change does to each model.
 
-Warnecke, Arp, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023,
-sec. 4) unlearn a change of the training points :math:`Z \to \tilde Z`; a label correction
+Warnecke, Pirch, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023;
+arXiv:2108.11577) unlearn a change of the training points :math:`Z \to \tilde Z`; a label correction
 changes the targets of m held records and nothing else. The model after it is the
 minimiser of the same objective on the corrected data.
 
@@ -9,7 +9,7 @@ Logistic regression
     The curvature :math:`\sum_i \sigma(x_i^\top w)\sigma(-x_i^\top w) x_i x_i^\top +
     \lambda n I` does not depend on the labels, so the cached curvature is unchanged; the
     gradient changes by :math:`\sum_{i} (\ell'(\tilde y_i x_i^\top w) \tilde y_i -
-    \ell'(y_i x_i^\top w) y_i)\, x_i`. The second-order update (Warnecke et al., eq. 7) is
+    \ell'(y_i x_i^\top w) y_i)\, x_i`. Warnecke et al.'s second-order update is
     :math:`w \leftarrow w - H^{-1}(\nabla L(w; \tilde Z) - \nabla L(w; Z))`; the engine takes
     it on the full gradient of the corrected data, which also removes any residual left
     by earlier updates, then measures the residual and corrects as ``forget`` does

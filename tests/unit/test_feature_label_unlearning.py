@@ -1,6 +1,6 @@
 """Forgetting feature columns and correcting labels (issue 18), against refits from scratch.
 
-Warnecke, Arp, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023):
+Warnecke, Pirch, Wressnegger, Rieck, "Machine Unlearning of Features and Labels" (NDSS 2023):
 the model after ``forget_features`` equals one fitted on the data without those columns
 (same objective on the remaining weights, the forgotten ones exactly 0), the model after
 ``relabel`` one fitted on the corrected labels. Ridge to round-off; logistic within what
@@ -401,3 +401,63 @@ def test_an_empty_model_forgets_features_and_learns_without_them(cancer):
     assert np.all(model.coef_[[1]] == 0.0)
     refit = _logistic(forgotten_features=(1,)).fit(X[20:200], y[20:200])
     np.testing.assert_allclose(model.coef_, refit.coef_, rtol=1e-6, atol=1e-9)
+
+
+# -- the curvature is down-dated, and the bounds stay bounds --------------------------------
+
+
+def test_the_curvature_and_its_preconditioner_are_down_dated_exactly(digits):
+    """Zeroing columns F of X zeroes rows and columns F of X'CX: the cache's down-date
+    equals a rebuild from the zeroed records, and its preconditioner is the inverse of the
+    down-dated matrix (float32, as the cache keeps it)."""
+    from pipeline.unlearning.curvature import CurvatureCache
+
+    X = digits[0][:500]
+    weights = np.random.default_rng(0).uniform(0.05, 0.25, size=(500, 2))
+    cache = CurvatureCache(2, X.shape[1])
+    cache.recompute(X, weights, 0.5)
+    cache.solve(np.ones((2, X.shape[1])))  # factorises: a preconditioner to down-date
+    cols = np.array([3, 20, 21])
+    cache.drop_features(cols, 0.5)
+    rebuilt = CurvatureCache(2, X.shape[1])
+    rebuilt.recompute(_without(X, cols), weights, 0.5)
+    np.testing.assert_allclose(cache.to_array(), rebuilt.to_array(), rtol=1e-12, atol=1e-12)
+    for k in range(2):
+        P = cache._inverses[k]
+        inverse = np.triu(P).astype(np.float64)
+        inverse += np.triu(inverse, 1).T
+        np.testing.assert_allclose(inverse @ rebuilt.to_array()[k], np.eye(64), atol=1e-4)
+
+
+@pytest.mark.parametrize("certificate", ["adaptive", "bound", "exact"])
+def test_every_certificate_stays_an_upper_bound_after_a_revision(digits, certificate):
+    """After forget_features and relabel, later influence steps are certified by each
+    certificate from its down-dated state: never below the residual it bounds."""
+    X, y = digits
+    ids = list(range(len(y)))
+    model = _logistic(certificate=certificate, method="influence", measure_above=0.5)
+    model.fit(X, y, ids=ids)
+    model.forget_features([10, 30])
+    model.relabel([5, 6], (y[[5, 6]] + 3) % 10)
+    fixed = y.copy()
+    fixed[[5, 6]] = (y[[5, 6]] + 3) % 10
+    held = np.ones(len(y), dtype=bool)
+    for start in range(100, 160, 20):
+        report = model.forget(range(start, start + 20))
+        held[start : start + 20] = False
+        measured = _gradient_norm(model, _without(X[held], [10, 30]), fixed[held])
+        assert report.certificate >= measured * (1 - 1e-9)
+    model.learn(X[100:110], y[100:110], ids=range(100, 110))
+
+
+def test_the_docs_example_runs():
+    """docs/features-and-labels.md's Python example runs as written."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "features-and-labels.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[0]
+    namespace: dict = {}
+    exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+    assert namespace["model"].forgotten_features_ == (3, 7, 9)
+    assert namespace["ridge"].forgotten_features_ == (0,)
