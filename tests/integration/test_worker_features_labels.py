@@ -287,3 +287,43 @@ def test_a_retrain_in_flight_gets_the_changes_on_merge(pipe) -> None:
     assert not any(store.records.get("inflight", r) for r in doomed)
     # stored labels and the merged model agree: the poisoned labels left with the merge
     assert published.metadata.n_records == len(held) - len(doomed)
+
+
+def test_malformed_requests_are_dead_lettered_and_the_rest_applies(pipe) -> None:
+    X, y = digits()
+    table = Table(
+        X=X[:300], y=y[:300], subjects=[f"s{i}" for i in range(300)],
+        ids=[f"r{i}" for i in range(300)],
+    )  # fmt: skip
+    store = pipe.store
+    train_model(store, "small", table, params={**LOGISTIC, "fit_intercept": True}, holdout=0)
+    malformed = json.dumps(
+        {"type": "FeatureRemovalRequested", "request_id": "m1", "model_id": "small", "columns": []}
+    ).encode()
+    nowhere = FeatureRemovalRequested(request_id="m2", model_id="nope", columns=[1])
+    good = RelabelRequested(
+        request_id="m3", model_id="small", labels=[{"record_id": "r5", "label": 1}]
+    )
+    producer = KafkaProducer(bootstrap_servers=pipe.bootstrap, linger_ms=50, acks="all")
+    for value in (malformed, encode_event(nowhere), encode_event(good)):
+        producer.send(pipe.topics.deletions, key=b"small", value=value)
+    producer.flush()
+    producer.close()
+    (applied,) = final_receipts(pipe, "small", ["m3"])
+    assert applied.status is ReceiptStatus.APPLIED and applied.relabelled == ["r5"]
+    assert store.records.get("small", "r5").label == 1
+    (rejected,) = final_receipts(pipe, "nope", ["m2"])
+    assert rejected.status is ReceiptStatus.REJECTED and "'nope' does not exist" in rejected.reason
+    letters = pipe.wait_for(
+        lambda: (
+            (found := [json.loads(m.value) for m in read_topic(
+                pipe.bootstrap, pipe.topics.dead_letter, 2, timeout=5
+            )])
+            and len(found) >= 2
+            and found
+        ),
+        30,
+        "two dead letters",
+    )  # fmt: skip
+    assert sorted(d["reason"] for d in letters) == ["schema", "unknown_model"]
+    assert store.receipts.get_one("m1", "small") is None  # never decoded: no receipt

@@ -100,3 +100,24 @@ def test_forwarded_batches_go_to_their_owners_partition() -> None:
 
 def test_nothing_to_say_sends_nothing() -> None:
     assert notices([Outcome("m1", skipped=3)], [], T, partitions=3) == []
+
+
+def test_a_relabelled_record_goes_back_on_the_records_topic_after_the_tombstones() -> None:
+    from pipeline.events import RecordAdded
+
+    corrected = RecordAdded(
+        event_id="relabel:m:r1:5",
+        model_id="m",
+        record_id="r1",
+        subject_id="s1",
+        features=[0.0, 1.0],
+        label=0,
+    )
+    out = Outcome("m", tombstones=["r9"], republish=[corrected])
+    sent = notices([out], [], T, partitions=6)
+    assert [(topic, key) for topic, key, _, _ in sent] == [
+        (T.records, record_key("m", "r9")),
+        (T.records, record_key("m", "r1")),  # the same key: compaction drops the old label
+    ]
+    _, _, value, part = sent[1]
+    assert part == partition_of("m", 6) and decode_event(value, RecordAdded) == corrected

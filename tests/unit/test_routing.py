@@ -42,3 +42,25 @@ def test_ids_are_stable_across_a_replay_and_origins_survive_the_trip():
     )
     assert msg.timestamp == datetime(2026, 1, 1, tzinfo=UTC)
     assert decode_event(msg.value, DeletionRequested) == ops[3].request  # for a dead letter
+
+
+def test_feature_removals_and_relabels_keep_their_type_and_place_through_model_ops():
+    from pipeline.events import FeatureRemovalRequested, RelabelRequested
+    from pipeline.ops import ForgetFeatures, Relabel
+
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    removal = FeatureRemovalRequested(request_id="f", model_id="a", columns=[3, "age"])
+    relabel = RelabelRequested(
+        request_id="l", model_id="a", labels=[{"record_id": "r1", "label": 2}]
+    )
+    ops = [
+        _op(0),
+        ForgetFeatures(removal, Message("unlearn.deletions", 1, 7, b"a", b"{}", when)),
+        Relabel(relabel, Message("unlearn.deletions", 1, 8, b"a", b"{}", when)),
+        _op(1),
+    ]
+    (batch,) = model_ops({"a": ops}, 100_000)
+    back = forgets([decode_event(encode_event(batch), ModelOps)])
+    assert [type(op) for op in back] == [Forget, ForgetFeatures, Relabel, Forget]
+    assert back[1].request == removal and back[2].request == relabel
+    assert back[1].message is not None and back[1].message.key == b"a"  # keyed by model

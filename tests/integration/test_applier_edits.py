@@ -1,0 +1,150 @@
+"""Feature removals and relabels through the model writer (pipeline.applier, plan, held,
+merge) on a real redis-server, no broker: the state a restarted worker, the retrainer and
+the audit read back from Redis after them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from pipeline import LogisticUnlearner
+from pipeline.applier import Applier
+from pipeline.audit import audit
+from pipeline.events import (
+    DeletionRequested,
+    FeatureRemovalRequested,
+    ReceiptStatus,
+    RelabelRequested,
+)
+from pipeline.intake import Message
+from pipeline.ops import Forget, ForgetFeatures, Relabel
+from pipeline.retraining import HandBack, Retraining, refit
+from pipeline.routing import Router
+from pipeline.store import Store
+from pipeline.training import Table, train_model
+
+PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
+
+
+@pytest.fixture
+def model(store: Store) -> str:
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600]
+    ids = [f"r{i}" for i in range(len(y))]
+    table = Table(X=X, y=y, subjects=[f"s{i % 100}" for i in range(len(y))], ids=ids)
+    train_model(store, "digits", table, params=PARAMS, holdout=0.2, seed=1)
+    return "digits"
+
+
+def drop(request_id: str, *columns) -> ForgetFeatures:
+    event = FeatureRemovalRequested(request_id=request_id, model_id="digits", columns=columns)
+    return ForgetFeatures(event, Message("deletions", 0, 1, b"digits", b"{}"))
+
+
+def relabel(request_id: str, labels: dict) -> Relabel:
+    items = [{"record_id": r, "label": label} for r, label in labels.items()]
+    event = RelabelRequested(request_id=request_id, model_id="digits", labels=items)
+    return Relabel(event, Message("deletions", 0, 2, b"digits", b"{}"))
+
+
+def exact(store: Store, model_id: str, forgotten: tuple[int, ...]) -> LogisticUnlearner:
+    recs = list(store.records.scan(model_id))
+    return LogisticUnlearner(**PARAMS, forgotten_features=forgotten).fit(
+        np.stack([r.features for r in recs]),
+        np.array([r.label for r in recs]),
+        ids=[r.record_id for r in recs],
+    )
+
+
+def test_what_a_restarted_worker_and_the_audit_read_back(store: Store, model: str) -> None:
+    held = sorted(store.records.ids(model))
+    fix = {rid: (store.records.get(model, rid).label + 1) % 10 for rid in held[:20]}
+    ops = [drop("cols", 5, 9), relabel("labels", fix)]
+    by_model, routed = Router(store).route(ops)
+    assert list(by_model) == [model] and not routed.receipts
+    applier = Applier(store)
+    out = applier.apply(model, by_model[model])
+    cols, labels = out.receipts
+    assert cols.status is ReceiptStatus.APPLIED and cols.columns == [5, 9]
+    assert labels.status is ReceiptStatus.APPLIED and labels.relabelled == list(fix)
+    assert [ev.record_id for ev in out.republish] == list(fix)
+    assert all(ev.label == fix[ev.record_id] for ev in out.republish)
+    assert all(ev.features[5] == ev.features[9] == 0 for ev in out.republish)
+
+    # a replay changes nothing: the same receipts, no version
+    again = applier.apply(model, by_model[model])
+    assert again.published is None and again.receipts == [cols, labels] and not again.republish
+
+    # a restarted worker loads the same model from Redis and goes on from it
+    fresh = Applier(store)
+    out = fresh.apply(model, [Forget(DeletionRequested(request_id="d", record_ids=[held[30]]))])
+    assert out.receipts[0].status is ReceiptStatus.APPLIED
+    published = store.models.get(model)
+    assert np.all(published.coef[:, [5, 9]] == 0)
+    rel = np.linalg.norm(published.coef - exact(store, model, (5, 9)).coef_)
+    assert rel / np.linalg.norm(published.coef) < 1e-3
+
+    # the audit recomputes the certificate and the integrity from what is stored
+    report = audit(store, model, lira=False, save=False)
+    assert report.part("integrity").verdict == "pass", report.part("integrity")
+    assert report.part("certificate").verdict == "pass", report.part("certificate")
+
+
+def test_a_relabel_of_a_record_deleted_earlier_is_rejected_alone(store: Store, model: str) -> None:
+    held = sorted(store.records.ids(model))
+    before = store.records.get(model, held[1]).label
+    ops = [
+        Forget(DeletionRequested(request_id="d", record_ids=[held[0]])),
+        relabel("bad", {held[0]: 1, held[1]: 2}),
+        relabel("good", {held[2]: 3}),
+        drop("out", 64),
+    ]
+    by_model, _ = Router(store).route(ops)
+    out = Applier(store).apply(model, by_model[model])
+    by_id = {r.request_id: r for r in out.receipts}
+    assert by_id["d"].status is ReceiptStatus.APPLIED
+    assert by_id["bad"].status is ReceiptStatus.REJECTED and "forgotten" in by_id["bad"].reason
+    assert by_id["out"].status is ReceiptStatus.REJECTED and "out of range" in by_id["out"].reason
+    assert by_id["good"].status is ReceiptStatus.APPLIED
+    assert store.records.get(model, held[1]).label == before  # the bad request changed nothing
+    assert store.records.get(model, held[2]).label == 3
+
+
+def test_a_refit_handed_back_after_the_changes_is_merged_with_them(
+    store: Store, model: str
+) -> None:
+    retraining = Retraining(store, min_interval=0)
+    applier = Applier(store, retraining=retraining)
+    assert retraining.try_start(model, "operator", "rt-1") is None
+    snapshot = retraining.snapshot(model)  # taken before the changes
+    applier.apply(model, [drop("warm", 0)])  # the writer learns a retrain is in flight
+
+    held = sorted(store.records.ids(model))
+    fix = {rid: (store.records.get(model, rid).label + 3) % 10 for rid in held[:30]}
+    applier.apply(model, [drop("cols", 12, 33), relabel("labels", fix)])
+    applier.apply(model, [Forget(DeletionRequested(request_id="d", record_ids=held[40:45]))])
+
+    from pipeline.retraining import engine_from_state
+
+    engine = engine_from_state(snapshot.state, snapshot.records)
+    seconds = refit(engine)
+    handed = HandBack(
+        model_id=model,
+        snapshot_version=snapshot.version,
+        snapshot_seq=snapshot.seq,
+        reason="operator",
+        request_id="rt-1",
+        duration_s=seconds,
+        state=engine.state_dict(),
+    )
+    assert retraining.hand_back(handed)
+    out = applier.merge_retrain(model)
+    assert out is not None and out.completed is not None  # merged, not discarded
+    published = store.models.get(model)
+    assert published.metadata.method == "retrain"
+    assert np.all(published.coef[:, [0, 12, 33]] == 0)
+    reference = exact(store, model, (0, 12, 33))
+    rel = np.linalg.norm(published.coef - reference.coef_) / np.linalg.norm(reference.coef_)
+    assert rel < 1e-3
