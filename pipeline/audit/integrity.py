@@ -3,9 +3,10 @@
 The published coefficients equal the coefficients in the checkpoint saved with that version,
 bit for bit (a coefficient changed after publication shows here, and in the certificate);
 the version's ``n_records`` equals the records held, the checkpoint's record ids are exactly
-the held ids, every held id has its features and a label of the model's classes, and no
+the held ids, every held id has its features and a label of the model's classes, no
 features are stored for a record the model does not hold (a ``SCAN`` of the model's record
-keys: it walks the whole keyspace).
+keys: it walks the whole keyspace), and the feature columns the checkpoint says are
+forgotten are 0 in the coefficients and in every held record.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def integrity_part(snap: Snapshot, orphans: list[str]) -> PartReport:
             )
             figures["coefficient_max_difference"] = gap
         findings.append(Finding("coefficients", same, detail))
+        findings.extend(_forgotten_columns(snap, state, pub_coef))
     saved = [str(i) for i in decode_ids(str(state.get("record_ids_json", "lines:")))]
     figures["n_records_checkpoint"] = len(saved)
     extra, lacking = set(saved) - held, held - set(saved)
@@ -201,3 +203,30 @@ def integrity_part(snap: Snapshot, orphans: list[str]) -> PartReport:
         )
     )
     return PartReport("integrity", tuple(findings), figures)
+
+
+def _forgotten_columns(
+    snap: Snapshot, state: Mapping[str, StateValue], coef: Array
+) -> list[Finding]:
+    """The feature columns the checkpoint says are forgotten are 0 in the published
+    coefficients and in every held record (a value written back shows here)."""
+    raw = state.get("forgotten_features")
+    columns = [] if raw is None else [int(c) for c in np.asarray(raw).reshape(-1)]
+    if not columns:
+        return []
+    used = bool(np.any(np.asarray(coef)[..., columns]))
+    stored = [r.record_id for r in snap.records if np.any(r.features[columns])]
+    shown = ", ".join(map(str, columns[:10])) + (" ..." if len(columns) > 10 else "")
+    if not used and not stored:
+        detail = f"forgotten columns {shown}: 0 in the coefficients and in every held record"
+    else:
+        detail = (
+            f"forgotten columns {shown}: "
+            + ("the published coefficients use them; " if used else "")
+            + (
+                f"{len(stored)} held records store values in them ({first_few(stored)})"
+                if stored
+                else "no held record stores values in them"
+            )
+        )
+    return [Finding("forgotten_features", not used and not stored, detail)]

@@ -90,6 +90,17 @@ def test_what_a_restarted_worker_and_the_audit_read_back(store: Store, model: st
     report = audit(store, model, lira=False, save=False)
     assert report.part("integrity").verdict == "pass", report.part("integrity")
     assert report.part("certificate").verdict == "pass", report.part("certificate")
+    [finding] = [f for f in report.part("integrity").findings if f.check == "forgotten_features"]
+    assert finding.ok and "forgotten columns 5, 9" in finding.detail
+
+    # a forgotten column's value written back into Redis is found
+    rec = store.records.get(model, held[50])
+    x = rec.features.copy()
+    x[9] = 0.75
+    store.client.hset(store.keys.record(model, held[50]), "features", x.astype("<f8").tobytes())
+    report = audit(store, model, lira=False, save=False)
+    [finding] = [f for f in report.part("integrity").findings if f.check == "forgotten_features"]
+    assert finding.ok is False and held[50] in finding.detail
 
 
 def test_a_relabel_of_a_record_deleted_earlier_is_rejected_alone(store: Store, model: str) -> None:
