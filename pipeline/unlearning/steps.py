@@ -34,6 +34,7 @@ and certifies it; the report names the step actually taken.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,8 +182,8 @@ def revise(host: Host, method: str) -> Step:
     gradient :math:`\nabla L_b(w; \tilde D)` (one pass over the records):
 
     ``"second-order"``  Newton steps :math:`w \leftarrow w - t \tilde H^{-1} g` on the cached
-                        curvature, the first being Warnecke et al.'s second-order update,
-                        until the residual is within ``measure_above`` of the budget (with
+                        curvature: Warnecke et al.'s second-order update, always taken, then
+                        more until the residual is within ``measure_above`` of the budget (with
                         certification off: the fit's tolerance, ``tol * n``), by the
                         engine's damped Newton (:class:`~pipeline.unlearning.newton.
                         NewtonSolver`: ``t < 1`` only when a full step would raise the
@@ -213,17 +214,25 @@ def revise(host: Host, method: str) -> Step:
         host._recompute_curvature()
         recomputed = True
 
+    def newton(tol_abs: float, max_iter: int, drift_tol: float) -> NewtonSolver:
+        return NewtonSolver(
+            objective=host._objective,
+            gradient=host._gradient,
+            curvature=host._curv,
+            recompute=recompute,
+            tol_abs=tol_abs,
+            max_iter=max_iter,
+            drift_tol=drift_tol,
+        )
+
+    # Warnecke et al.'s step, always taken (damped if a full one would raise the objective;
+    # the curvature is not rebuilt for it), then more while over the target
+    first = newton(0.0, 1, math.inf)
+    W = first.solve(host._W)
     target = host.measure_above * host.budget_ if host.budget_ > 0 else host.tol * rec.n_records
-    solver = NewtonSolver(
-        objective=host._objective,
-        gradient=host._gradient,
-        curvature=host._curv,
-        recompute=recompute,
-        tol_abs=target / host._K,  # the certificate sums the K problems' norms
-        max_iter=host.max_iter,
-        drift_tol=host.drift_tol,
-    )
-    host._W = solver.solve(host._W)
+    if first.gradient_norms.sum() > target:  # the certificate sums the K problems' norms
+        W = newton(target / host._K, host.max_iter, host.drift_tol).solve(W)
+    host._W = W
     cert.remeasure(host)
     return Step("second-order", recomputed, cert.total - before)
 

@@ -461,3 +461,20 @@ def test_the_docs_example_runs():
     exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
     assert namespace["model"].forgotten_features_ == (3, 7, 9)
     assert namespace["ridge"].forgotten_features_ == (0,)
+
+
+def test_a_small_relabel_within_the_budget_still_takes_the_step(cancer):
+    """One label corrected on a model with a wide budget: the gradient it changes is well
+    within half the budget, yet Warnecke et al.'s step is taken (the model moves to the
+    refit), not skipped as already certified."""
+    X, y = cancer
+    params = {"lam": 1e-3, "sigma": 10.0, "seed": 3}  # measure_above 0.5: budget/2 = 1.14
+    model = LogisticUnlearner(**params).fit(X, y)
+    before = _coef(model)
+    fixed = y.copy()
+    fixed[7] = 1 - y[7]
+    report = model.relabel([7], [fixed[7]])
+    refit = LogisticUnlearner(**params).fit(X, fixed)
+    moved = np.linalg.norm(before - _coef(refit))
+    assert np.linalg.norm(_coef(model) - _coef(refit)) < 1e-2 * moved
+    assert report.method == "second-order" and report.certified
