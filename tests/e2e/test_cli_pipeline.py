@@ -172,3 +172,36 @@ def test_train_shows_the_price_of_certification(pipe, tmp_path) -> None:
     assert chosen > 0.85
 
     user_error(pipe.cli("train", "cancer-bad", "--data", str(data), "--lam", "-3"), "--lam")
+
+
+def test_forget_a_feature_and_relabel_from_the_command_line(pipe, csv_file) -> None:
+    train = ("train", "feats", "--data", str(csv_file), "--subject-column", "user", "--id-column")
+    ok(pipe.cli(*train, "id", "--holdout", "0"))
+    out = ok(pipe.cli("forget-feature", "feats", "px3", "40", "--wait", "30"))
+    request_id = out.split()[1]
+    assert "applied" in out and "columns 3, 40" in out
+    [receipt] = [
+        json.loads(line) for line in ok(pipe.cli("receipt", request_id, "--json")).splitlines()
+    ]
+    assert receipt["operation"] == "feature_removal" and receipt["columns"] == [3, 40]
+    coef = np.asarray(json.loads(ok(pipe.cli("model", "export", "feats")))["coef"])
+    assert not coef[:, [3, 40]].any()
+
+    out = ok(pipe.cli("relabel", "feats", "--record", "row1", "--label", "7", "--wait", "30"))
+    assert "applied" in out and "labels of row1" in out
+    assert pipe.store.records.get("feats", "row1").label == 7
+
+    # mistakes: one-line errors, the rejection's reason from the receipt
+    user_error(
+        pipe.cli("relabel", "feats", "--record", "row1", "--record", "row2", "--label", "1"),
+        "give one --label after each --record",
+    )
+    user_error(pipe.cli("forget-feature", "feats", "zip", "--wait", "30"), "no feature named 'zip'")
+    user_error(
+        pipe.cli("relabel", "feats", "--record", "ghost", "--label", "1", "--wait", "30"),
+        "holds no record 'ghost'",
+    )
+    user_error(
+        pipe.cli("relabel", "feats", "--record", "row2", "--label", "11", "--wait", "30"),
+        "label 11",
+    )
