@@ -67,7 +67,9 @@ class Facts:
     seen : set of str
         Event ids of the batch's ``RecordAdded`` that the model applied before.
     suppressed : set of int
-        Positions in the batch of the ``Learn`` operations that must never be learned.
+        Positions in the batch of the ``Learn`` operations that must never be learned:
+        suppressed by an erasure, or produced before their record's label was corrected
+        (they carry the old label).
     """
 
     final: dict[str, Receipt] = field(default_factory=dict)
