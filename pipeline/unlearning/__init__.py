@@ -2,7 +2,9 @@
 
 See :mod:`pipeline.unlearning.logistic` (influence and Fisher updates with certified removal)
 and :mod:`pipeline.unlearning.ridge` (exact removal); :mod:`pipeline.unlearning.certify`
-holds the budget and the bounds, :mod:`pipeline.unlearning.perturbation` the secret b.
+holds the budget and the bounds, :mod:`pipeline.unlearning.perturbation` the secret b;
+:mod:`pipeline.unlearning.features` and :mod:`pipeline.unlearning.labels` forget feature
+columns and correct labels (``forget_features``, ``relabel``).
 """
 
 from pipeline.unlearning.certify import budget, worst_case_bound

@@ -15,6 +15,10 @@ record entered it with, prediction and the update verbs; it delegates the maths:
 * fitting and refitting: damped Newton (:mod:`pipeline.unlearning.newton`);
 * a batch's step, influence or Fisher (:mod:`pipeline.unlearning.steps`): ``O(m d^2)`` per
   problem for the curvature and a few ``O(d^2)`` solver iterations, whatever n is;
+* forgetting feature columns and correcting labels (Warnecke et al., NDSS 2023): the data
+  change (:mod:`pipeline.unlearning.features`, :mod:`pipeline.unlearning.labels`), then
+  second-order steps on the changed data and a measurement
+  (:func:`~pipeline.unlearning.steps.revise`);
 * the certificate (:mod:`pipeline.unlearning.certificates`, ``certificate=``): ``"exact"``
   measures the residual after every batch (two passes over the records, ``O(n d)``);
   ``"bound"`` and ``"adaptive"`` bound its growth (``O(K d^2)``,
