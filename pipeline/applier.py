@@ -1,7 +1,8 @@
 """The model writer: one model, one owner; load, apply, publish, merge.
 
 The worker's owner stage hands an :class:`Applier` each model's operations
-(:class:`~pipeline.ops.Forget`, :class:`~pipeline.ops.Learn`) in their order, and
+(:class:`~pipeline.ops.Forget`, :class:`~pipeline.ops.ForgetFeatures`,
+:class:`~pipeline.ops.Relabel`, :class:`~pipeline.ops.Learn`) in their order, and
 publishes the :class:`~pipeline.ops.Outcome` it returns. For one model and one batch,
 :meth:`Applier.apply`
 
@@ -10,18 +11,20 @@ publishes the :class:`~pipeline.ops.Outcome` it returns. For one model and one b
 2. reads what the plan needs from Redis and plans the batch's net effect
    (:func:`pipeline.plan.plan_batch`: replays dropped, records resolved, bad records
    rejected, no I/O);
-3. makes one ``forget`` and one ``learn`` call on the engine, and refits it when the
-   certificate ended over the budget (:func:`pipeline.held.certified`);
+3. makes one ``forget``, ``relabel``, ``forget_features`` and ``learn`` call each on the
+   engine, as the batch needs (the middle two: :func:`pipeline.edits.edit`), and refits it
+   when the certificate ended over the budget (:func:`pipeline.held.certified`);
 4. publishes in ONE Redis transaction (:class:`~pipeline.store.Publication`): the new
    version and ``current``, the erasure of the forgotten records' features, the new
-   records, a receipt per request, the applied event ids and sequence number, the engine
+   records, the forgotten columns zeroed and the corrected labels in the stored records,
+   a receipt per request, the applied event ids and sequence number, the engine
    checkpoint;
 5. asks the retrain policy (:mod:`pipeline.policy`) whether to fall back to a full fit.
 
 The outcome carries the ``ModelPublished`` notice, the receipts, the record ids to
-tombstone on the compacted records topic, the rejected events (for the dead-letter topic)
-and a ``RetrainRequested`` when a trigger fired. A replayed batch changes nothing and only
-announces its receipts again.
+tombstone on the compacted records topic, the corrected records to send back on it, the
+rejected events (for the dead-letter topic) and a ``RetrainRequested`` when a trigger
+fired. A replayed batch changes nothing and only announces its receipts again.
 
 :meth:`Applier.merge_retrain` merges a refit handed back by the retrainer
 (:mod:`pipeline.merge`).
@@ -35,14 +38,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from pipeline.edits import Edits, corrected_records, edit, receipt_fields
 from pipeline.errors import ModelVersionConflict, UnknownModel
-from pipeline.events import ReceiptStatus, RecordAdded, RetrainRequested
+from pipeline.events import ReceiptStatus, RetrainRequested
 from pipeline.held import HeldModel, certified, load, summary
 from pipeline.intake import Rejected, produced_at
 from pipeline.merge import merge_refit
@@ -137,7 +140,7 @@ class Applier:
                 erased = list(zip(ids, X, labels.tolist(), strict=True))
             if plan.removed:
                 reports.append(model.engine.forget(list(plan.removed)))
-            edits = self._edit(model, plan, reports, in_flight)
+            edits = edit(model.engine, model.held, plan, reports, in_flight=in_flight)
             if plan.added:
                 recs = list(plan.added.values())
                 X = np.stack([r.features for r in recs])
@@ -226,9 +229,8 @@ class Applier:
         )
 
     def _relabelled_before(self, model_id: str, candidates: list[Candidate]) -> list[bool]:
-        """For each new record: was its record id relabelled at or after the instant the
-        record was produced? Then it carries the label the correction replaced (a replay of
-        the compacted records topic, an offset reset) and must never be learned."""
+        """Per new record: produced at or before its label was corrected? Then it carries
+        the old label (a replay of the records topic) and must never be learned."""
         if not candidates:
             return []
         client: Any = self.store.client
@@ -239,53 +241,6 @@ class Applier:
             t is not None and c.produced_at.timestamp() <= float(t)
             for c, t in zip(candidates, times, strict=True)
         ]
-
-    def _edit(
-        self, model: HeldModel, plan: Plan, reports: list[UpdateReport], in_flight: bool
-    ) -> Edits:
-        """Relabel, then forget the plan's columns, on the engine; what Redis and the
-        records topic must then say (:class:`Edits`)."""
-        engine = model.engine
-        edits = Edits()
-        if plan.relabels:
-            ids = list(plan.relabels)
-            X, old = engine.held_records(ids)
-            if in_flight:
-                edits.kept_labels = dict(zip(ids, old.tolist(), strict=True))
-            report = engine.relabel(ids, list(plan.relabels.values()))
-            reports.append(report)
-            edits.methods["relabel"] = report.method
-            edits.labels = dict(plan.relabels)
-            edits.features.update(zip(ids, X, strict=True))
-        if plan.columns:
-            columns = tuple(plan.columns)
-            held = [rid for rid in model.held if rid not in plan.removed]
-            X, _ = engine.held_records(held) if held else (np.empty((0, 0)), None)
-            if in_flight and held:
-                edits.kept_columns = (
-                    columns,
-                    {rid: X[i, list(columns)].copy() for i, rid in enumerate(held)},
-                )
-            report = engine.forget_features(list(columns))
-            reports.append(report)
-            edits.methods["feature_removal"] = report.method
-            edits.features.update(zip(held, X, strict=True))
-        forgotten = [int(c) for c in getattr(engine, "forgotten_features_", ())]
-        if forgotten:  # stored without the forgotten columns' values, held or learned
-            for rid, x in edits.features.items():
-                x = np.array(x, dtype=np.float64)
-                x[forgotten] = 0.0
-                edits.features[rid] = x
-            for rid, rec in plan.added.items():
-                if np.any(rec.features[forgotten]):
-                    x = np.array(rec.features, dtype=np.float64)
-                    x[forgotten] = 0.0
-                    plan.added[rid] = replace(rec, features=x)
-        if plan.relabels:  # the corrected records, as they go back on the records topic
-            edits.republish = {rid: edits.features[rid] for rid in plan.relabels}
-        if not plan.columns:  # only a relabel read these: their stored features stay
-            edits.features = {}
-        return edits
 
     def _seen_events(self, model_id: str, event_ids: list[str]) -> set[str]:
         if not event_ids:
@@ -311,7 +266,7 @@ class Applier:
         }
         groups: dict[tuple[ReceiptStatus, str], tuple[dict[str, Any], dict[str, Any]]] = {}
         for request_id, received in plan.received.items():
-            status, fields = _receipt_of(plan, request_id, 0, {})
+            status, fields = receipt_fields(plan, request_id, 0, {})
             key = (status, json.dumps(fields, sort_keys=True, default=str))
             groups.setdefault(key, (fields, {}))[1][request_id] = received
         for (status, _), (fields, requests) in groups.items():
@@ -350,22 +305,11 @@ class Applier:
         pub.erase_records(plan.removed, {r: model.held[r] for r in plan.removed})
         pub.tombstones(plan.erased)
         for request_id, n in plan.requests.items():
-            status, fields = _receipt_of(plan, request_id, n, edits.methods)
+            status, fields = receipt_fields(plan, request_id, n, edits.methods)
             pub.receipt(request_id, status, received_at=plan.received[request_id], **fields)
         now = datetime.now(UTC)
         pub.update_records(edits.features, edits.labels, relabelled_at=now.timestamp())
-        edits.events = [
-            RecordAdded(
-                event_id=f"relabel:{model_id}:{rid}:{new_seq}",
-                model_id=model_id,
-                record_id=rid,
-                subject_id=model.held[rid],
-                features=[float(v) for v in x],
-                label=edits.labels[rid],
-                ts=now,
-            )
-            for rid, x in edits.republish.items()
-        ]  # marked applied: the owner reading them back does not learn them again
+        edits.events = corrected_records(model_id, edits, model.held, new_seq, now)
         pub.mark_events([*plan.events, *(ev.event_id for ev in edits.events)])
         pub.applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
@@ -442,58 +386,6 @@ class Applier:
             keep_versions=self.keep_versions,
             request_retrain=self.request_retrain,
         )
-
-
-def _receipt_of(
-    plan: Plan, request_id: str, n: int, methods: dict[str, str]
-) -> tuple[ReceiptStatus, dict[str, Any]]:
-    """A request's receipt status and fields: ``rejected`` with the reason, else
-    ``applied`` when it changed something, ``already_absent`` when not; a feature removal
-    names the columns it forgot, a relabel the records it corrected, with its own method."""
-    reason = plan.refused.get(request_id)
-    change = plan.changes_of.get(request_id)
-    fields: dict[str, Any] = {"n_records": n}
-    if change is not None:
-        fields["operation"] = change.operation
-        if change.operation == "feature_removal":
-            fields["columns"] = list(change.columns)
-            fields["n_records"] = 0
-        else:
-            fields["relabelled"] = list(change.relabelled)
-        if n and change.operation in methods:
-            fields["method"] = methods[change.operation]
-    if reason is not None:
-        operation = {"operation": change.operation} if change is not None else {}
-        return ReceiptStatus.REJECTED, {"reason": reason, "n_records": 0, **operation}
-    return (ReceiptStatus.APPLIED if n else ReceiptStatus.ALREADY_ABSENT), fields
-
-
-@dataclass
-class Edits:
-    """What a batch's relabels and feature removals change besides the engine.
-
-    Attributes
-    ----------
-    features : dict of str to ndarray
-        Held records' features with the forgotten columns zeroed, to store.
-    labels : dict of str to label
-        Held records' corrected labels, to store.
-    republish : dict of str to ndarray
-        The relabelled records' (stored) features, for their corrected ``RecordAdded``.
-    methods : dict of str to str
-        The engine's method for each operation (``relabel``, ``feature_removal``).
-    kept_columns, kept_labels
-        While a retrain is in flight: the forgotten columns' values and the labels
-        before the correction, for the merge (:meth:`HeldModel.keep_columns`).
-    """
-
-    features: dict[str, np.ndarray] = field(default_factory=dict)
-    labels: dict[str, Any] = field(default_factory=dict)
-    republish: dict[str, np.ndarray] = field(default_factory=dict)
-    methods: dict[str, str] = field(default_factory=dict)
-    kept_columns: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None
-    kept_labels: dict[str, Any] = field(default_factory=dict)
-    events: list[RecordAdded] = field(default_factory=list)
 
 
 def _unknown(model_id: str, ops: list[Op], exc: UnknownModel) -> Outcome:
