@@ -288,12 +288,10 @@ class Applier:
         deleted += len(plan.erased_pending)
         extra = dict(model.extra)
         extra["deleted_since_fit"] = int(extra.get("deleted_since_fit", 0)) + deleted
-        holdout = model.holdout
-        new_holdout = (
-            holdout.without(plan.subjects, plan.holdout_records) if holdout is not None else None
-        )
-        if new_holdout is not None:
-            holdout = new_holdout
+        holdout = model.holdout  # without erased rows and the forgotten columns' values
+        gone = (plan.subjects, plan.holdout_records)
+        new_holdout = holdout.without(*gone, zero=list(plan.columns)) if holdout else None
+        holdout = new_holdout or holdout
         metrics = holdout_score(engine, holdout)
         method = reports[0].method if reports else "none"
         new_seq = model.seq + len(plan.events) + len(plan.requests)

@@ -13,9 +13,10 @@ plan_batch`), forgets its deleted records, then calls :func:`edit`, which
    records of the batch zeroed the same way (in the plan, before the writer learns and
    stores them), so that Redis never holds a forgotten column's value or an old label.
 
-:func:`corrected_records` builds the ``RecordAdded`` each relabelled record is sent back
-as, on ``unlearn.records`` under its key: compaction then drops the message with the old
-label. :func:`receipt_fields` gives each request's receipt: ``rejected`` with the plan's
+:func:`corrected_records` builds the ``RecordAdded`` each changed record is sent back as,
+on ``unlearn.records`` under its key (the relabelled records; after a feature removal,
+every held record): compaction then drops the message with the old label or the forgotten
+columns' values. :func:`receipt_fields` gives each request's receipt: ``rejected`` with the plan's
 reason, else ``applied`` or ``already_absent``, with the columns or records it changed and
 the engine's method for it.
 """
@@ -47,8 +48,9 @@ class Edits:
         Held records' features with the forgotten columns zeroed, to store.
     labels : dict of str to label
         Held records' corrected labels, to store.
-    republish : dict of str to ndarray
-        The relabelled records' (stored) features, for their corrected ``RecordAdded``.
+    republish : dict of str to (ndarray, label)
+        The records to send back corrected (features as stored, label): the relabelled
+        ones, and after a feature removal every held one.
     methods : dict of str to str
         The engine's method for each operation (``relabel``, ``feature_removal``).
     kept_columns, kept_labels
@@ -60,7 +62,7 @@ class Edits:
 
     features: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, Any] = field(default_factory=dict)
-    republish: dict[str, np.ndarray] = field(default_factory=dict)
+    republish: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
     kept_columns: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None
     kept_labels: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +106,7 @@ def edit(
     if plan.columns:
         columns = tuple(plan.columns)
         kept = [rid for rid in held if rid not in plan.removed]
-        X, _ = engine.held_records(kept) if kept else (np.empty((0, 0)), None)
+        X, labels = engine.held_records(kept) if kept else (np.empty((0, 0)), np.empty(0))
         if in_flight and kept:
             edits.kept_columns = (
                 columns,
@@ -114,6 +116,7 @@ def edit(
         reports.append(report)
         edits.methods["feature_removal"] = report.method
         edits.features.update(zip(kept, X, strict=True))
+        current = dict(zip(kept, labels.tolist(), strict=True))
     forgotten = [int(c) for c in getattr(engine, "forgotten_features_", ())]
     if forgotten:  # stored without the forgotten columns' values, held or learned
         for rid, x in edits.features.items():
@@ -125,8 +128,10 @@ def edit(
                 zeroed = np.array(rec.features, dtype=np.float64)
                 zeroed[forgotten] = 0.0
                 plan.added[rid] = replace(rec, features=zeroed)
-    if plan.relabels:  # the corrected records, as they go back on the records topic
-        edits.republish = {rid: edits.features[rid] for rid in plan.relabels}
+    if plan.columns:  # every held record goes back on the records topic, zeroed
+        edits.republish = {rid: (x, current[rid]) for rid, x in edits.features.items()}
+    elif plan.relabels:  # the corrected records
+        edits.republish = {rid: (edits.features[rid], edits.labels[rid]) for rid in plan.relabels}
     if not plan.columns:  # only a relabel read these: their stored features stay
         edits.features = {}
     return edits
@@ -135,20 +140,22 @@ def edit(
 def corrected_records(
     model_id: str, edits: Edits, held: Mapping[str, str], seq: int, now: datetime
 ) -> list[RecordAdded]:
-    """The ``RecordAdded`` of each relabelled record, corrected, to send on
-    ``unlearn.records`` under its key; its event id (``relabel:<model>:<record>:<seq>``)
-    is marked applied in the publishing transaction, so reading it back learns nothing."""
+    """The ``RecordAdded`` of each record to send back corrected (:attr:`Edits.republish`)
+    on ``unlearn.records`` under its key, so that compaction drops the message holding the
+    old label or the forgotten columns' values; its event id
+    (``corrected:<model>:<record>:<seq>``) is marked applied in the publishing
+    transaction, so reading it back learns nothing."""
     return [
         RecordAdded(
-            event_id=f"relabel:{model_id}:{rid}:{seq}",
+            event_id=f"corrected:{model_id}:{rid}:{seq}",
             model_id=model_id,
             record_id=rid,
             subject_id=held[rid],
             features=[float(v) for v in x],
-            label=edits.labels[rid],
+            label=label,
             ts=now,
         )
-        for rid, x in edits.republish.items()
+        for rid, (x, label) in edits.republish.items()
     ]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,15 +123,19 @@ class Holdout:
             if t in gone or r in record_ids
         ]
 
-    def without(self, subject_ids: set[str], record_ids: set[str]) -> Holdout | None:
-        """The holdout minus those rows; ``None`` if there is none of them in it."""
+    def without(
+        self, subject_ids: set[str], record_ids: set[str], *, zero: Sequence[int] = ()
+    ) -> Holdout | None:
+        """The holdout minus those rows, and with the columns ``zero`` set to 0 (forgotten
+        feature columns); ``None`` if it holds none of those rows and values."""
         drop = set(self.rows_of(subject_ids, record_ids))
-        if not drop:
+        columns = list(zero)
+        if not drop and not (columns and self.X[:, columns].any()):
             return None
         keep = [i for i in range(len(self.ids)) if i not in drop]
-        return Holdout(
-            self.X[keep], self.y[keep], [self.tokens[i] for i in keep], [self.ids[i] for i in keep]
-        )
+        X = self.X[keep]
+        X[:, columns] = 0.0
+        return Holdout(X, self.y[keep], [self.tokens[i] for i in keep], [self.ids[i] for i in keep])
 
     def fields(self) -> dict[str, bytes]:
         """Redis hash fields (the checkpoint encoding: raw arrays and a manifest)."""

@@ -23,7 +23,7 @@ from pipeline.ops import Forget, ForgetFeatures, Relabel
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.routing import Router
 from pipeline.store import Store
-from pipeline.training import Table, train_model
+from pipeline.training import Table, load_holdout, train_model
 
 PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
 
@@ -69,9 +69,13 @@ def test_what_a_restarted_worker_and_the_audit_read_back(store: Store, model: st
     cols, labels = out.receipts
     assert cols.status is ReceiptStatus.APPLIED and cols.columns == [5, 9]
     assert labels.status is ReceiptStatus.APPLIED and labels.relabelled == list(fix)
-    assert [ev.record_id for ev in out.republish] == list(fix)
-    assert all(ev.label == fix[ev.record_id] for ev in out.republish)
+    # every held record goes back on the records topic: without the columns' values, and
+    # the relabelled ones with their corrected label
+    assert sorted(ev.record_id for ev in out.republish) == held
+    assert all(ev.label == fix[ev.record_id] for ev in out.republish if ev.record_id in fix)
     assert all(ev.features[5] == ev.features[9] == 0 for ev in out.republish)
+    holdout = load_holdout(store, model)
+    assert holdout is not None and not holdout.X[:, [5, 9]].any()
 
     # a replay changes nothing: the same receipts, no version
     again = applier.apply(model, by_model[model])

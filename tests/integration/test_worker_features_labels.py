@@ -32,7 +32,7 @@ from pipeline.events import (
 from pipeline.sdk import DeletionClient
 from pipeline.sdk.deletions import partition_for
 from pipeline.topics import record_key
-from pipeline.training import Table, train_model
+from pipeline.training import Table, load_holdout, train_model
 
 from .test_worker_deletions import read_topic
 
@@ -164,10 +164,19 @@ def test_forget_columns_and_correct_labels_from_the_cli(pipe, tmp_path) -> None:
     labels = {r.record_id: r.label for r in stored}
     assert all(labels[r] == y[int(r[1:])] for r in others)
 
-    # the corrected records went back on the compacted records topic under their keys
-    key = record_key("digits", others[0])
-    msgs = [m for m in read_topic(pipe.bootstrap, pipe.topics.records, 1) if m.key == key]
-    assert msgs and json.loads(msgs[-1].value)["label"] == int(y[int(others[0][1:])])
+    holdout = load_holdout(store, "digits")
+    assert holdout is not None and len(holdout.ids) and not holdout.X[:, [10, 20]].any()
+
+    # the changed records went back on the compacted records topic under their keys: the
+    # relabelled ones with their corrected label, every held one without the columns
+    on_topic = read_topic(pipe.bootstrap, pipe.topics.records, len(stored))
+    last = {m.key: m.value for m in on_topic}
+    fixed = json.loads(last[record_key("digits", others[0])])
+    assert fixed["label"] == int(y[int(others[0][1:])])
+    untouched = next(r for r in stored if r.record_id not in others)
+    value = json.loads(last[record_key("digits", untouched.record_id)])
+    assert value["features"][10] == value["features"][20] == 0
+    assert value["label"] == untouched.label
 
     # an old RecordAdded of a relabelled record (its poisoned label, produced before the
     # correction: a replay of the topic, an offset reset) is never learned again; a record

@@ -37,7 +37,11 @@ def test_columns_are_zeroed_everywhere_and_kept_while_a_retrain_runs(engine, dig
     assert not plan.added["new"].features[[4, 9]].any() and plan.added["new"].features[0] == 0.5
     columns, values = edits.kept_columns
     assert columns == (4, 9) and np.array_equal(values["r5"], X[5, [4, 9]])
-    assert not edits.labels and not edits.republish
+    assert not edits.labels
+    # every held record goes back on the records topic without the columns' values
+    assert set(edits.republish) == set(edits.features)
+    x, label = edits.republish["r5"]
+    assert not x[[4, 9]].any() and label == engine.held_records(["r5"])[1][0]
 
 
 def test_a_relabel_rewrites_labels_only_and_sends_the_records_back(engine) -> None:
@@ -49,7 +53,7 @@ def test_a_relabel_rewrites_labels_only_and_sends_the_records_back(engine) -> No
     assert engine.held_records(["r1"])[1].tolist() == [7]
     now = datetime(2026, 1, 1, tzinfo=UTC)
     [first, _] = corrected_records("m", edits, HELD, 12, now)
-    assert first.event_id == "relabel:m:r1:12" and first.label == 7 and first.subject_id == "s1"
+    assert first.event_id == "corrected:m:r1:12" and first.label == 7 and first.subject_id == "s1"
     assert first.ts == now and len(first.features) == 64
     # nothing is kept when no retrain runs
     assert edit(engine, HELD, Plan(relabels={"r3": 1}), [], in_flight=False).kept_labels == {}
