@@ -668,7 +668,7 @@ def receipt(
     request_id: Annotated[str, typer.Argument(metavar="REQUEST_ID")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Where a deletion request took effect: one receipt per affected model."""
+    """Where a request (deletion, feature removal, relabel) took effect: one receipt per model."""
     settings = load_settings()
     with _services(settings) as found, _store(settings, found) as store:
         receipts = store.receipts.get(request_id)
