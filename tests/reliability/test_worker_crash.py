@@ -25,10 +25,18 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import numpy as np
 import pytest
+from kafka import KafkaProducer
 
+from pipeline.events import (
+    FeatureRemovalRequested,
+    LabelCorrection,
+    RelabelRequested,
+    encode_event,
+)
 from pipeline.training import train_model
 from pipeline.unlearning.base import decode_ids
 
@@ -40,6 +48,7 @@ from .support import (
     deletions,
     n_final,
     poll,
+    read_topic,
     receipt_messages,
     receipts,
     send,
@@ -178,3 +187,67 @@ def test_kill_during_a_retrain_hand_over(pipe, point: str) -> None:
     assert ckpt is not None and ckpt.version == store.models.current_version(model)
     assert set(decode_ids(ckpt.state["record_ids_json"])) == set(table.ids) - gone
     coef_bound_check(store, model, table, gone, X_test, y_test)
+
+
+def _last_on_records_topic(pipe, model_id: str, record_ids: set[str]) -> dict[str, Any]:
+    """The last message of each of ``record_ids`` on ``unlearn.records`` (None: tombstone),
+    waiting until every one of them has at least one."""
+    prefix = f"{model_id}/"
+
+    def last(messages: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in messages:
+            key = m.key.decode()
+            if key.startswith(prefix) and key[len(prefix) :] in record_ids:
+                out[key[len(prefix) :]] = None if m.value is None else json.loads(m.value)
+        return out
+
+    messages = read_topic(
+        pipe.bootstrap, pipe.topics.records, until=lambda ms: len(last(ms)) == len(record_ids)
+    )
+    return last(messages)
+
+
+@pytest.mark.parametrize("operation", ["feature_removal", "relabel"])
+def test_kill_after_an_edit_commits_still_rewrites_the_records_topic(pipe, operation) -> None:
+    """A feature removal or a relabel committed in Redis, then SIGKILL before the broker
+    took the corrected records: the restarted worker reads the request again, finds it
+    applied, and still sends them, so the compacted topic keeps no forgotten value and no
+    old label."""
+    model = f"adult-edit-{operation.replace('_', '-')}"
+    start = 22_000 if operation == "feature_removal" else 22_400
+    table, _, _ = adult(start, 300)
+    train_model(pipe.store, model, table, params=PARAMS, holdout=0.0)
+    store = pipe.store
+    column = int(np.flatnonzero(table.X.any(axis=0))[0])  # a column some record uses
+    fixed = {rid: int(1 - label) for rid, label in zip(table.ids[:5], table.y[:5], strict=True)}
+    event: FeatureRemovalRequested | RelabelRequested
+    if operation == "feature_removal":
+        event = FeatureRemovalRequested(request_id=f"q-{model}", model_id=model, columns=[column])
+        changed = set(table.ids)
+    else:
+        labels = [LabelCorrection(record_id=r, label=v) for r, v in fixed.items()]
+        event = RelabelRequested(request_id=f"q-{model}", model_id=model, labels=labels)
+        changed = set(fixed)
+
+    proc = start_worker(pipe, crash_at=f"publication.committed:{model}@1")
+    producer = KafkaProducer(bootstrap_servers=pipe.bootstrap, acks="all")
+    producer.send(pipe.topics.deletions, key=model.encode(), value=encode_event(event))
+    producer.flush()
+    producer.close()
+    poll(lambda: proc.poll() is not None, 60, f"the worker to die after {operation} commits")
+    assert proc.returncode == -9
+    receipt = store.receipts.get_one(event.request_id, model)
+    assert receipt is not None and receipt.status.value == "applied"  # Redis has it
+
+    start_worker(pipe)
+    last = _last_on_records_topic(pipe, model, changed)
+    missing = sorted(changed - set(last))
+    assert not missing, f"{len(missing)} corrected records never reached the topic: {missing[:3]}"
+    for rid in changed:
+        assert last[rid] is not None, rid
+        if operation == "feature_removal":
+            assert last[rid]["features"][column] == 0.0, rid
+        else:
+            assert last[rid]["label"] == fixed[rid], rid
+    poll(lambda: not store.records.unsent_corrections(model), 30, "the corrections acknowledged")
