@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.edits import Edits, corrected_records, edit, receipt_fields
+from pipeline.edits import Edits, corrected_record, corrected_records, edit, receipt_fields
 from pipeline.errors import ModelVersionConflict, UnknownModel
-from pipeline.events import ReceiptStatus, RetrainRequested
+from pipeline.events import ReceiptStatus, RecordAdded, RetrainRequested
 from pipeline.held import HeldModel, certified, load, summary
 from pipeline.intake import Rejected, produced_at
 from pipeline.merge import merge_refit
@@ -125,10 +125,13 @@ class Applier:
             holdout=model.holdout,
             feature_names=model.extra.get("feature_names"),
         )
-        unsent = self.store.records.unsent_tombstones(model_id)  # a crash's leftovers
+        # a crash's leftovers: erased records' tombstones, corrected records
+        unsent = self.store.records.unsent_tombstones(model_id)
+        uncorrected = self.store.records.unsent_corrections(model_id)
         if not plan.changes:
             out = self._close_unchanged(model_id, model, plan)
             out.tombstones = sorted(set(out.tombstones) | set(unsent))
+            out.republish = self._corrected_again(model_id, uncorrected, set(out.tombstones))
             return out
 
         reports: list[UpdateReport] = []
@@ -188,7 +191,12 @@ class Applier:
             published=result.notice(),
             receipts=list(result.receipts) + list(plan.announce.values()),
             tombstones=sorted(set(plan.dropped) | plan.erased | set(unsent)),
-            republish=edits.events,
+            republish=edits.events
+            + self._corrected_again(
+                model_id,
+                {r: e for r, e in uncorrected.items() if r not in edits.republish},
+                set(plan.dropped) | plan.erased | set(unsent) | set(plan.removed),
+            ),
             rejected=plan.rejected,
             reports=reports,
             skipped=plan.skipped,
@@ -199,6 +207,30 @@ class Applier:
         if reason is not None and out.retrain is None:
             out.held_back = (reason, "coalesced" if in_flight else "rate_limited")
         return out
+
+    def _corrected_again(
+        self, model_id: str, unsent: dict[str, str], gone: set[str]
+    ) -> list[RecordAdded]:
+        """The corrected records a crash kept from the broker, as Redis holds them now,
+        under the event ids their publication marked applied (reading them back learns
+        nothing). A record erased since is left out: its tombstone is due instead."""
+        ids = [rid for rid in sorted(unsent) if rid not in gone]
+        if not ids:
+            return []
+        now = datetime.now(UTC)
+        return [
+            corrected_record(
+                unsent[rec.record_id],
+                model_id,
+                rec.record_id,
+                rec.subject_id,
+                rec.features,
+                rec.label,
+                now,
+            )  # fmt: skip
+            for rec in self.store.records.get_many(model_id, ids)
+            if rec is not None
+        ]
 
     def _facts(self, model_id: str, ops: list[Op]) -> Facts:
         """What :func:`~pipeline.plan.plan_batch` needs from Redis for ``ops``."""
@@ -309,6 +341,7 @@ class Applier:
         pub.update_records(edits.features, edits.labels, relabelled_at=now.timestamp())
         edits.events = corrected_records(model_id, edits, model.held, new_seq, now)
         pub.mark_events([*plan.events, *(ev.event_id for ev in edits.events)])
+        pub.corrections({ev.record_id: ev.event_id for ev in edits.events})
         pub.applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
         pub.erased_versions_grace(self.erased_versions_grace)

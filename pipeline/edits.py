@@ -35,7 +35,7 @@ from pipeline.plan import Plan
 from pipeline.training import Engine
 from pipeline.unlearning import UpdateReport
 
-__all__ = ["Edits", "corrected_records", "edit", "receipt_fields"]
+__all__ = ["Edits", "corrected_record", "corrected_records", "edit", "receipt_fields"]
 
 
 @dataclass
@@ -146,17 +146,32 @@ def corrected_records(
     (``corrected:<model>:<record>:<seq>``) is marked applied in the publishing
     transaction, so reading it back learns nothing."""
     return [
-        RecordAdded(
-            event_id=f"corrected:{model_id}:{rid}:{seq}",
-            model_id=model_id,
-            record_id=rid,
-            subject_id=held[rid],
-            features=[float(v) for v in x],
-            label=label,
-            ts=now,
+        corrected_record(
+            f"corrected:{model_id}:{rid}:{seq}", model_id, rid, held[rid], x, label, now
         )
         for rid, (x, label) in edits.republish.items()
     ]
+
+
+def corrected_record(
+    event_id: str,
+    model_id: str,
+    record_id: str,
+    subject_id: str,
+    features: np.ndarray,
+    label: Any,
+    now: datetime,
+) -> RecordAdded:
+    """One record as it is sent back corrected on ``unlearn.records``."""
+    return RecordAdded(
+        event_id=event_id,
+        model_id=model_id,
+        record_id=record_id,
+        subject_id=subject_id,
+        features=[float(v) for v in features],
+        label=label,
+        ts=now,
+    )
 
 
 def receipt_fields(

@@ -199,14 +199,19 @@ class Runtime:
         self._observe(outcomes, rejected, agent, event_times)
         messages = notices(outcomes, rejected, self.topics, self.record_partitions)
         await deliver(self.app.kafka_producer(), messages)
-        sent = [(o.model_id, o.tombstones) for o in outcomes if o.tombstones and o.model_id != "*"]
+        sent = [
+            (o.model_id, o.tombstones, [r.record_id for r in o.republish])
+            for o in outcomes
+            if (o.tombstones or o.republish) and o.model_id != "*"
+        ]
         if sent:  # the broker has them: the ids kept for a crash's replay can go
-            with self.outage.tolerated("clearing delivered tombstones"):
-                await self.run(self._tombstones_delivered, sent)
+            with self.outage.tolerated("clearing delivered tombstones and corrections"):
+                await self.run(self._delivered, sent)
 
-    def _tombstones_delivered(self, sent: list[tuple[str, list[str]]]) -> None:
-        for model_id, record_ids in sent:
-            self.store.records.tombstones_delivered(model_id, record_ids)
+    def _delivered(self, sent: list[tuple[str, list[str], list[str]]]) -> None:
+        for model_id, tombstones, corrected in sent:
+            self.store.records.tombstones_delivered(model_id, tombstones)
+            self.store.records.corrections_delivered(model_id, corrected)
 
     def _observe(
         self,

@@ -114,6 +114,11 @@ class KeySpace:
         """SET: erased record ids whose tombstones the broker has not yet acknowledged."""
         return f"{self._model(model_id)}:tombstones"
 
+    def corrections(self, model_id: str) -> str:
+        """HASH: record id -> event id of its corrected ``RecordAdded`` (a feature removal or
+        a relabel rewrote the record) that the broker has not yet acknowledged."""
+        return f"{self._model(model_id)}:corrections"
+
     def relabelled(self, model_id: str) -> str:
         """HASH: record id -> epoch seconds its label was last corrected; a ``RecordAdded``
         of the record produced at or before then (the old label) is never learned."""

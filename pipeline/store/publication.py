@@ -159,6 +159,7 @@ class Publication:
         self._adds: dict[str, StoredRecord] = {}
         self._erase_ids: list[str] = []
         self._tombstones: list[str] = []
+        self._corrections: dict[str, str] = {}
         self._known_subjects: dict[str, str] = {}
         self._erase_subjects: list[str] = []
         self._receipts: dict[str, tuple[ReceiptStatus, str | None, int, datetime | None]] = {}
@@ -207,6 +208,13 @@ class Publication:
         """Keep these record ids until the worker has their tombstones acknowledged
         (:meth:`~pipeline.store.records.RecordStore.tombstones_delivered`)."""
         self._tombstones.extend(record_ids)
+        return self
+
+    def corrections(self, event_ids: Mapping[str, str]) -> Publication:
+        """Keep these record ids (with the event id of each one's corrected
+        ``RecordAdded``) until the worker has the corrected records acknowledged
+        (:meth:`~pipeline.store.records.RecordStore.corrections_delivered`)."""
+        self._corrections.update(event_ids)
         return self
 
     def erase_subject(self, subject_id: str) -> Publication:
@@ -518,11 +526,16 @@ class Publication:
         pipe.set(keys.current(model_id), version)
         pipe.set(keys.applied_seq(model_id), self._seq if self._seq is not None else meta.seq)
         stage_erase(pipe, keys, model_id, plan.erase)
-        if plan.erase:  # an erased record's correction time goes with it
+        if plan.erase:  # an erased record's correction goes with it: its tombstone is due
             pipe.hdel(keys.relabelled(model_id), *plan.erase)
+            pipe.hdel(keys.corrections(model_id), *plan.erase)
         self._stage_rewrites(pipe, plan.rewrite)
         if self._tombstones:
             pipe.sadd(keys.tombstones(model_id), *self._tombstones)
+        rewritten = set(plan.rewrite)
+        corrections = {r: e for r, e in self._corrections.items() if r in rewritten}
+        if corrections:
+            pipe.hset(keys.corrections(model_id), mapping=corrections)
         stage_add(pipe, keys, model_id, plan.added)
         if self._events:
             seq = self._seq if self._seq is not None else meta.seq

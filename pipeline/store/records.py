@@ -247,6 +247,20 @@ class RecordStore:
         if ids:
             self._r.srem(self._keys.tombstones(model_id), *ids)
 
+    def unsent_corrections(self, model_id: str) -> dict[str, str]:
+        """Record ids whose corrected ``RecordAdded`` the broker never acknowledged, with the
+        event id each was published under (see :meth:`unsent_tombstones`, the same
+        protocol: a publication adds them, the worker removes them once delivered, and
+        what a crash left is sent again with the model's next batch)."""
+        raw = self._r.hgetall(self._keys.corrections(model_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def corrections_delivered(self, model_id: str, record_ids: Iterable[str]) -> None:
+        """Forget the ids whose corrected records the broker acknowledged."""
+        ids = list(record_ids)
+        if ids:
+            self._r.hdel(self._keys.corrections(model_id), *ids)
+
     def count(self, model_id: str) -> int:
         """Number of records the model holds."""
         return int(self._r.scard(self._keys.records(model_id)))

@@ -77,7 +77,15 @@ def test_what_a_restarted_worker_and_the_audit_read_back(store: Store, model: st
     holdout = load_holdout(store, model)
     assert holdout is not None and not holdout.X[:, [5, 9]].any()
 
-    # a replay changes nothing: the same receipts, no version
+    # a replay before the broker took the corrected records (a crash) sends them again,
+    # as Redis holds them, under the event ids marked applied; nothing else changes
+    again = applier.apply(model, by_model[model])
+    assert again.published is None and again.receipts == [cols, labels]
+    assert {
+        (ev.event_id, ev.record_id, ev.label, tuple(ev.features)) for ev in again.republish
+    } == {(ev.event_id, ev.record_id, ev.label, tuple(ev.features)) for ev in out.republish}
+    # once the broker has them, a replay sends nothing
+    store.records.corrections_delivered(model, [ev.record_id for ev in out.republish])
     again = applier.apply(model, by_model[model])
     assert again.published is None and again.receipts == [cols, labels] and not again.republish
 
