@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -455,32 +455,20 @@ def delete(
     ] = 0.0,
 ) -> None:
     """Publish a deletion request; print its id (and, with --wait, its receipts)."""
-    from pipeline.sdk import DeletionClient
-
     if subject is None and not record:
         msg = "give --subject or --record: the request names nothing to delete"
         raise PipelineError(msg)
-    settings = load_settings()
-    with _services(settings) as found:
-        with DeletionClient(
-            found.kafka_bootstrap, settings.topic_prefix, **settings.kafka_config()
-        ) as client:
-            rid = client.request(
-                subject_id=subject,
-                record_ids=record or None,
-                model_ids=model or None,
-                reason=reason,
-                request_id=request_id,
-                objection=objection,
-            )
-        console.print(f"request {rid} published")
-        if wait > 0:
-            with _store(settings, found) as store:
-                receipts = _wait_receipts(store, rid, wait)
-            _print_receipts(rid, receipts)
-            if not receipts or not all(r.status.final for r in receipts):
-                msg = f"request {rid}: no final receipt from every model within {wait:g} s"
-                raise PipelineError(msg)
+    _send_request(
+        lambda client: client.request(
+            subject_id=subject,
+            record_ids=record or None,
+            model_ids=model or None,
+            reason=reason,
+            request_id=request_id,
+            objection=objection,
+        ),
+        wait,
+    )
 
 
 @app.command("forget-feature")
@@ -555,8 +543,9 @@ def _parse_label(text: str) -> int | float | str:
     return text
 
 
-def _send_request(send: Any, wait: float) -> None:
-    """Produce a request with ``send(DeletionClient)``; print its id (and receipts)."""
+def _send_request(send: Callable[[Any], str], wait: float) -> None:
+    """Produce a request with ``send(DeletionClient)``; print its id and, with ``wait``,
+    its receipts, failing (exit 1, no traceback) when one is missing or ``rejected``."""
     from pipeline.sdk import DeletionClient
 
     settings = load_settings()
@@ -571,7 +560,7 @@ def _send_request(send: Any, wait: float) -> None:
                 receipts = _wait_receipts(store, rid, wait)
             _print_receipts(rid, receipts)
             if not receipts or not all(r.status.final for r in receipts):
-                msg = f"request {rid}: no final receipt within {wait:g} s"
+                msg = f"request {rid}: no final receipt from every model within {wait:g} s"
                 raise PipelineError(msg)
             rejected = [r for r in receipts if r.status.value == "rejected"]
             if rejected:
