@@ -199,8 +199,10 @@ def plan_batch(
             plan.requests[request_id] = _resolve(plan, req, facts, held, holdout)
             if req.subject_id is not None:
                 plan.subjects.add(req.subject_id)
-            for rid in plan.removed:  # deleted after a relabel: nothing left to relabel
-                plan.relabels.pop(rid, None)
+            # deleted after a relabel: nothing left to relabel (looked up from the few
+            # relabels, not from every record the batch removes: once per request)
+            for rid in [r for r in plan.relabels if r in plan.removed]:
+                del plan.relabels[rid]
         elif isinstance(op, ForgetFeatures):
             plan.changes_of[request_id] = Change("feature_removal")  # until resolved
             plan.requests[request_id] = _forget_features(
