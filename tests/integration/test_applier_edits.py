@@ -16,13 +16,15 @@ from pipeline.events import (
     DeletionRequested,
     FeatureRemovalRequested,
     ReceiptStatus,
+    RecordAdded,
     RelabelRequested,
 )
 from pipeline.intake import Message
-from pipeline.ops import Forget, ForgetFeatures, Relabel
+from pipeline.ops import Forget, ForgetFeatures, Learn, Relabel
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.routing import Router
 from pipeline.store import Store
+from pipeline.store.models import UnknownVersion
 from pipeline.training import Table, load_holdout, train_model
 
 PARAMS = {"lam": 1e-3, "sigma": 1.0, "seed": 3, "fit_intercept": True}
@@ -171,3 +173,53 @@ def test_a_refit_handed_back_after_the_changes_is_merged_with_them(
     reference = exact(store, model, (0, 12, 33))
     rel = np.linalg.norm(published.coef - reference.coef_) / np.linalg.norm(reference.coef_)
     assert rel < 1e-3
+
+
+@pytest.mark.parametrize("operation", ["feature_removal", "relabel"])
+def test_an_edit_retires_every_earlier_version(store: Store, model: str, operation: str) -> None:
+    """Versions that used a forgotten column or learned a corrected (poisoned) label are not
+    served after the edit, by alias or by number, as an erasure retires its versions."""
+    held = sorted(store.records.ids(model))
+    if operation == "feature_removal":
+        op = drop("retire-cols", 5)
+    else:
+        op = relabel("retire-labels", {held[0]: (store.records.get(model, held[0]).label + 1) % 10})
+    by_model, _ = Router(store).route([op])
+    out = Applier(store).apply(model, by_model[model])
+    assert out.receipts[0].status is ReceiptStatus.APPLIED and out.receipts[0].version == 2
+    with pytest.raises(UnknownVersion):
+        store.models.get(model, 1)
+    assert [m.version for m in store.models.history(model)] == [2]
+    assert store.checkpoints.load(model, 1) is None
+
+
+def test_a_record_learned_after_a_removal_goes_back_on_the_topic_without_the_columns(
+    store: Store, model: str
+) -> None:
+    """The application may go on sending a forgotten column: the record is learned and
+    stored without it, and sent back zeroed so the records topic does not keep the value."""
+    by_model, _ = Router(store).route([drop("cols-later", 5, 9)])
+    applier = Applier(store)
+    applier.apply(model, by_model[model])
+    store.records.corrections_delivered(model, store.records.unsent_corrections(model))
+
+    def learn(record_id: str, features: np.ndarray) -> Learn:
+        event = RecordAdded(
+            event_id=f"e-{record_id}", model_id=model, record_id=record_id,
+            subject_id="late", features=features.tolist(), label=3,
+        )  # fmt: skip
+        return Learn(event, Message("records", 0, 9, f"{model}/{record_id}".encode(), b"{}"))
+
+    with_values = np.linspace(0.1, 1.0, 64)
+    without = with_values.copy()
+    without[[5, 9]] = 0.0
+    out = applier.apply(model, [learn("late-1", with_values), learn("late-2", without)])
+    assert out.published is not None
+    [sent] = out.republish  # only the record that carried the columns' values
+    assert sent.record_id == "late-1" and sent.features[5] == sent.features[9] == 0.0
+    assert np.allclose(np.delete(sent.features, [5, 9]), np.delete(with_values, [5, 9]))
+    stored = store.records.get(model, "late-1")
+    assert stored is not None and not stored.features[[5, 9]].any()
+    applied = store.client.zscore(store.keys.applied_events(model), sent.event_id)
+    assert applied is not None  # reading it back learns nothing
+    assert store.records.unsent_corrections(model) == {"late-1": sent.event_id}

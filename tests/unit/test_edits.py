@@ -38,8 +38,11 @@ def test_columns_are_zeroed_everywhere_and_kept_while_a_retrain_runs(engine, dig
     columns, values = edits.kept_columns
     assert columns == (4, 9) and np.array_equal(values["r5"], X[5, [4, 9]])
     assert not edits.labels
-    # every held record goes back on the records topic without the columns' values
-    assert set(edits.republish) == set(edits.features)
+    # every held record goes back on the records topic without the columns' values, and
+    # so does the new record whose message carried values in them
+    assert set(edits.republish) == set(edits.features) | {"new"}
+    x_new, label_new = edits.republish["new"]
+    assert not x_new[[4, 9]].any() and x_new[0] == 0.5 and label_new == 3
     x, label = edits.republish["r5"]
     assert not x[[4, 9]].any() and label == engine.held_records(["r5"])[1][0]
 
