@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import ChainMap
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -339,12 +340,15 @@ class Applier:
             pub.receipt(request_id, status, received_at=plan.received[request_id], **fields)
         now = datetime.now(UTC)
         pub.update_records(edits.features, edits.labels, relabelled_at=now.timestamp())
-        edits.events = corrected_records(model_id, edits, model.held, new_seq, now)
+        subjects = ChainMap({r: rec.subject_id for r, rec in plan.added.items()}, model.held)
+        edits.events = corrected_records(model_id, edits, subjects, new_seq, now)
         pub.mark_events([*plan.events, *(ev.event_id for ev in edits.events)])
         pub.corrections({ev.record_id: ev.event_id for ev in edits.events})
         pub.applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
         pub.erased_versions_grace(self.erased_versions_grace)
+        if plan.columns or edits.labels:  # earlier versions used the columns, old labels
+            pub.retire_earlier()
         if new_holdout is not None:
             pub.replace_holdout(new_holdout.fields())
         result = pub.commit()

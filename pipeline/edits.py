@@ -118,6 +118,7 @@ def edit(
         edits.features.update(zip(kept, X, strict=True))
         current = dict(zip(kept, labels.tolist(), strict=True))
     forgotten = [int(c) for c in getattr(engine, "forgotten_features_", ())]
+    carried: list[str] = []  # new records that carry a forgotten column's value
     if forgotten:  # stored without the forgotten columns' values, held or learned
         for rid, x in edits.features.items():
             zeroed = np.array(x, dtype=np.float64)
@@ -128,10 +129,13 @@ def edit(
                 zeroed = np.array(rec.features, dtype=np.float64)
                 zeroed[forgotten] = 0.0
                 plan.added[rid] = replace(rec, features=zeroed)
+                carried.append(rid)
     if plan.columns:  # every held record goes back on the records topic, zeroed
         edits.republish = {rid: (x, current[rid]) for rid, x in edits.features.items()}
     elif plan.relabels:  # the corrected records
         edits.republish = {rid: (edits.features[rid], edits.labels[rid]) for rid in plan.relabels}
+    for rid in carried:  # the application still sends the column: its message goes too
+        edits.republish[rid] = (plan.added[rid].features, plan.added[rid].label)
     if not plan.columns:  # only a relabel read these: their stored features stay
         edits.features = {}
     return edits

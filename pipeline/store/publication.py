@@ -172,6 +172,7 @@ class Publication:
         self._keep_older: bool = False
         self._keep_last: int | None = None
         self._grace: timedelta | None = None
+        self._retire = False
         self._events: list[str] = []
         self._retrain_done = False
         self._holdout: dict[str, bytes] | None = None
@@ -305,6 +306,13 @@ class Publication:
             msg = f"keep_last={keep_last}: retention must keep at least the current version"
             raise InvalidInput(msg)
         self._keep_last = keep_last
+        return self
+
+    def retire_earlier(self) -> Publication:
+        """Retire every earlier version, as an erasure does (with the same grace): they
+        used what this version no longer uses (a forgotten feature column, a corrected,
+        possibly poisoned, label)."""
+        self._retire = True
         return self
 
     def erased_versions_grace(self, grace: timedelta | None) -> Publication:
@@ -457,11 +465,11 @@ class Publication:
 
         drop_versions: list[int] = []
         expire_versions: list[int] = []
-        if self._keep_last is not None or erase:
+        if self._keep_last is not None or erase or self._retire:
             known = [int(v) for v in pipe.zrange(keys.versions(model_id), 0, -1)]
             if self._keep_last is not None:
                 drop_versions = [v for v in known if v <= version - self._keep_last]
-            if erase:  # every version that learned from the erased records is retired
+            if erase or self._retire:  # versions that learned what is gone are retired
                 earlier = [v for v in known if v < version and v not in drop_versions]
                 if self._grace is None:
                     drop_versions += earlier
@@ -532,8 +540,8 @@ class Publication:
         self._stage_rewrites(pipe, plan.rewrite)
         if self._tombstones:
             pipe.sadd(keys.tombstones(model_id), *self._tombstones)
-        rewritten = set(plan.rewrite)
-        corrections = {r: e for r, e in self._corrections.items() if r in rewritten}
+        held = {*plan.rewrite, *(r.record_id for r in plan.added)}  # held after this version
+        corrections = {r: e for r, e in self._corrections.items() if r in held}
         if corrections:
             pipe.hset(keys.corrections(model_id), mapping=corrections)
         stage_add(pipe, keys, model_id, plan.added)
