@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from bench.section import section_main
 from pipeline import LogisticUnlearner
 from pipeline.applier import Applier, Forget
 from pipeline.audit import LinearModel, ShadowSetup, audit, disparity, membership
@@ -284,18 +285,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main() -> None:
     """``python -m bench.audit [--quick] [--json FILE]``: the audit section as markdown."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw figures")
-    args = parser.parse_args()
-    results = run(quick=args.quick, log=lambda msg: print(msg, flush=True))
-    print(markdown(results))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    section_main(main.__doc__ or "", run, markdown)
 
 
 if __name__ == "__main__":

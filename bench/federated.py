@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.section import section_main
 from pipeline import LogisticUnlearner
 from pipeline.datasets import Dataset, load
 from pipeline.federated import FederatedLogistic, make_clients, split_non_iid
@@ -265,18 +266,7 @@ def _lines(results: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     """``python -m bench.federated [--quick] [--json FILE]``: print the section."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_N}-row subsets")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    result = run(args.quick, log=lambda msg: print(f"# {msg}", flush=True))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, default=float))
-    print(markdown(result))
+    result = section_main(__doc__.splitlines()[0], run, markdown)
     print(f"\n# total {result['seconds']:.1f} s")
 
 
