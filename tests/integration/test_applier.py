@@ -333,3 +333,42 @@ def test_the_bias_watch_fires_when_one_class_is_forgotten_away(
     metrics = store.models.metadata("bias").holdout_metrics
     assert metrics["accuracy[3]"] < first["accuracy[3]"] - 0.05
     assert out.retrain is not None and out.retrain.reason == "class_accuracy"
+
+
+class _Failing(Applier):
+    """A writer that fails every batch (a bug, Redis gone): the stage's error path."""
+
+    def apply(self, model_id, ops, *, _attempt=0):
+        raise RuntimeError("the writer failed")
+
+
+def test_the_intake_stage_leaves_a_request_it_could_not_apply_visible_as_pending(
+    store: Store, model: str
+) -> None:
+    """A request the intake applies itself gets its final receipt from the publication
+    directly; if applying fails, it is opened as ``received`` before the error goes on, so
+    the overdue alert sees it until a retry applies it. A request forwarded to another
+    worker's model is opened at once."""
+    from workers.stages import route_deletions
+
+    held = sorted(held_ids(store, model))
+    router = Router(store)
+    done = forget("local-ok", record_ids=[held[0]], model_ids=[model])
+    outcomes = route_deletions(router, Applier(store), [done], lambda m: True, 1_000_000)
+    [receipt] = [r for out in outcomes for r in out.receipts]
+    assert receipt.status is ReceiptStatus.APPLIED
+    assert receipt.received_at == done.request.ts
+    assert receipt.due_at == done.request.ts + store.receipts.legal_deadline
+
+    failing = forget("local-fails", record_ids=[held[1]], model_ids=[model])
+    with pytest.raises(RuntimeError, match="the writer failed"):
+        route_deletions(router, _Failing(store), [failing], lambda m: True, 1_000_000)
+    opened = store.receipts.get_one("local-fails", model)
+    assert opened is not None and opened.status is ReceiptStatus.RECEIVED
+    assert "local-fails" in [request_id for request_id, _ in store.receipts.pending(model)]
+
+    remote = forget("remote", record_ids=[held[2]], model_ids=[model])
+    outcomes = route_deletions(router, Applier(store), [remote], lambda m: False, 1_000_000)
+    assert [ops.model_id for ops in outcomes[0].forward] == [model]
+    forwarded = store.receipts.get_one("remote", model)
+    assert forwarded is not None and forwarded.status is ReceiptStatus.RECEIVED
