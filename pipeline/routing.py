@@ -20,7 +20,7 @@ limit) and :func:`forgets` back into the applier's operations (step 2).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +59,9 @@ class Router:
         self.store = store
         self._holdouts: dict[str, frozenset[str]] = {}
 
-    def route(self, ops: list[RequestOp]) -> tuple[dict[str, list[RequestOp]], Outcome]:
+    def route(
+        self, ops: list[RequestOp], *, pending: Callable[[str], bool] | None = None
+    ) -> tuple[dict[str, list[RequestOp]], Outcome]:
         """Fan requests out to the models they concern, each model's in batch order.
 
         A deletion names its models, or concerns every model that holds the subject's or
@@ -67,6 +69,15 @@ class Router:
         (and the request a dead letter if it names no existing model); a deletion whose
         data no model holds gets an ``already_absent`` receipt from every model. A
         feature removal or a relabel names its one model.
+
+        Parameters
+        ----------
+        ops : list of operations
+        pending : callable, optional
+            ``pending(model_id)``: open the requests routed to this model as ``received``
+            now, visible as pending until applied (default: every model). The intake stage
+            opens those it forwards to other workers; those it applies at once get their
+            final receipt from the publication, and :meth:`open_pending` if that fails.
 
         Returns
         -------
@@ -125,11 +136,18 @@ class Router:
                     continue
             for model_id in targets:
                 by_model.setdefault(model_id, []).append(op)
-        for model_id, ops in by_model.items():  # visible as pending until applied
+        self.open_pending(
+            {m: batch for m, batch in by_model.items() if pending is None or pending(m)}
+        )
+        return by_model, outcome
+
+    def open_pending(self, by_model: Mapping[str, list[RequestOp]]) -> None:
+        """Open a ``received`` receipt for each request and model that has none: visible
+        as pending (the overdue-deletion alert) until a publication closes it."""
+        for model_id, ops in by_model.items():
             self.store.receipts.open_many(
                 model_id, {op.request.request_id: op.request.ts for op in ops}
             )
-        return by_model, outcome
 
     def _route_one(
         self,

@@ -23,19 +23,27 @@ def route_deletions(
     owns: Callable[[str], bool],
     max_bytes: int,
 ) -> list[Outcome]:
-    """The intake stage: suppressions, received receipts, and per-model batches (deletions,
-    feature removals and relabels, each model's in the order they came).
+    """The intake stage: suppressions, and per-model batches (deletions, feature removals
+    and relabels, each model's in the order they came).
 
     A model whose partition this worker owns is applied here at once (with one worker,
     every model): the hop through ``unlearn.model-ops`` would only add latency, and the
-    owner is still the only writer. The others' batches go in the routing outcome's
-    ``forward``, for their owners.
+    owner is still the only writer. Its requests get their final receipt from the
+    publication; only if applying fails are they opened as ``received`` (pending until
+    the batch, not committed, is read and applied again). The others' batches are opened
+    as ``received`` at once and go in the routing outcome's ``forward``, for their owners.
     """
-    by_model, routed = router.route(ops)
+    by_model, routed = router.route(ops, pending=lambda m: not owns(m))
     local = {m: batch for m, batch in by_model.items() if owns(m)}
     remote = {m: batch for m, batch in by_model.items() if m not in local}
     routed.forward = model_ops(remote, max_bytes)
-    return [routed] + [applier.apply(m, batch) for m, batch in local.items()]
+    outcomes = [routed]
+    try:
+        outcomes += [applier.apply(m, batch) for m, batch in local.items()]
+    except BaseException:  # not applied: pending until the batch is read and applied again
+        router.open_pending(local)
+        raise
+    return outcomes
 
 
 def apply_by_model(applier: Applier, ops: Iterable[tuple[str, Op]]) -> list[Outcome]:
