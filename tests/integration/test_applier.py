@@ -12,9 +12,14 @@ from sklearn.datasets import load_digits
 
 from pipeline import LogisticUnlearner
 from pipeline.applier import Applier
-from pipeline.events import DeletionRequested, ReceiptStatus, RecordAdded
+from pipeline.events import (
+    DeletionRequested,
+    FeatureRemovalRequested,
+    ReceiptStatus,
+    RecordAdded,
+)
 from pipeline.intake import Message
-from pipeline.ops import Forget, Learn
+from pipeline.ops import Forget, ForgetFeatures, Learn
 from pipeline.policy import RetrainPolicy
 from pipeline.retraining import HandBack, Retraining, refit
 from pipeline.routing import Router
@@ -372,3 +377,39 @@ def test_the_intake_stage_leaves_a_request_it_could_not_apply_visible_as_pending
     assert [ops.model_id for ops in outcomes[0].forward] == [model]
     forwarded = store.receipts.get_one("remote", model)
     assert forwarded is not None and forwarded.status is ReceiptStatus.RECEIVED
+
+
+def test_a_model_without_an_engine_checkpoint_refuses_requests_with_the_reason(
+    store: Store, model: str
+) -> None:
+    """A federated model (published by the coordinator, no engine checkpoint, no records
+    here) cannot take a deletion, a feature removal or a relabel from the worker: each gets
+    a ``rejected`` receipt saying so, and its message a dead letter, instead of an error
+    that isolates it as ``internal_error`` and leaves it pending for the overdue alert. The
+    other model of the batch is applied."""
+    from pipeline.store.versions import ModelSpec
+    from workers.stages import route_deletions
+
+    spec = ModelSpec(
+        kind="logistic", coef=np.zeros(64), intercept=0.0, classes=[0, 1], method="fit", seq=1
+    )
+    store.models.publish("fed", spec, 0)
+    message = Message("deletions", 0, 5, b"fed", b"{}")
+    deletion = DeletionRequested(request_id="del-fed", record_ids=["x"], model_ids=["fed"])
+    removal = FeatureRemovalRequested(request_id="cols-fed", model_id="fed", columns=[1])
+    ops = [
+        Forget(deletion, message),
+        ForgetFeatures(removal, message),
+        forget("del-digits", record_ids=[sorted(held_ids(store, model))[0]], model_ids=[model]),
+    ]
+    outcomes = route_deletions(Router(store), Applier(store), ops, lambda m: True, 1_000_000)
+    by_request = {r.request_id: r for out in outcomes for r in out.receipts}
+    for request_id in ("del-fed", "cols-fed"):
+        receipt = by_request[request_id]
+        assert receipt.status is ReceiptStatus.REJECTED and receipt.model_id == "fed"
+        assert "checkpoint" in receipt.reason
+        assert store.receipts.get_one(request_id, "fed").status is ReceiptStatus.REJECTED
+    assert not [q for q, _ in store.receipts.pending("fed")]
+    rejected = [rej for out in outcomes for rej in out.rejected]
+    assert [rej.reason for rej in rejected] == ["unsupported_model", "unsupported_model"]
+    assert by_request["del-digits"].status is ReceiptStatus.APPLIED
