@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.edits import Edits, corrected_record, corrected_records, edit, receipt_fields
-from pipeline.errors import ModelVersionConflict, UnknownModel
+from pipeline.errors import ModelVersionConflict, NoEngineCheckpoint, UnknownModel
 from pipeline.events import ReceiptStatus, RecordAdded, RetrainRequested
 from pipeline.held import HeldModel, certified, load, summary
 from pipeline.intake import Rejected, produced_at
@@ -114,6 +114,8 @@ class Applier:
             model = self._load(model_id)
         except UnknownModel as exc:
             return _unknown(model_id, ops, exc)
+        except NoEngineCheckpoint as exc:
+            return self._refuse(model_id, ops, exc)
         in_flight = self.retraining.in_flight(model_id) is not None
         model.track_retrain(in_flight)
 
@@ -282,6 +284,16 @@ class Applier:
         scores = client.zmscore(self.store.keys.applied_events(model_id), event_ids)
         return {e for e, s in zip(event_ids, scores, strict=True) if s is not None}
 
+    def _refuse(self, model_id: str, ops: list[Op], exc: NoEngineCheckpoint) -> Outcome:
+        """A batch for a model the worker cannot change: each request closed ``rejected``
+        with the reason, each message a dead letter, new records tombstoned."""
+        out = _unknown(model_id, ops, exc, reason="unsupported_model")
+        requests = {op.request.request_id: op.request.ts for op in ops if not isinstance(op, Learn)}
+        out.receipts = self.store.receipts.close_many(
+            model_id, requests, ReceiptStatus.REJECTED, reason=str(exc)
+        )
+        return out
+
     def _close_unchanged(self, model_id: str, model: HeldModel, plan: Plan) -> Outcome:
         """Requests that remove nothing: final receipts on the current version."""
         out = Outcome(
@@ -423,13 +435,16 @@ class Applier:
         )
 
 
-def _unknown(model_id: str, ops: list[Op], exc: UnknownModel) -> Outcome:
-    """A batch for a model that does not exist: dead letters, and its records' features
-    tombstoned (they must not stay on the records topic)."""
+def _unknown(
+    model_id: str, ops: list[Op], exc: Exception, reason: str = "unknown_model"
+) -> Outcome:
+    """A batch for a model that does not exist (or that the worker cannot change): dead
+    letters, and its records' features tombstoned (they must not stay on the records
+    topic)."""
     out = Outcome(model_id)
     for op in ops:
         if op.message is not None:
-            out.rejected.append(Rejected(op.message, "unknown_model", str(exc)))
+            out.rejected.append(Rejected(op.message, reason, str(exc)))
         if isinstance(op, Learn):
             out.tombstones.append(op.event.record_id)
     return out

@@ -17,6 +17,7 @@ __all__ = [
     "PipelineError",
     "SchemaError",
     "UnknownClass",
+    "NoEngineCheckpoint",
     "UnknownModel",
     "UnknownRecord",
 ]
@@ -110,3 +111,17 @@ class SchemaError(PipelineError):
 
 class ConfigError(PipelineError):
     """A setting that is missing or out of range."""
+
+
+class NoEngineCheckpoint(PipelineError):
+    """A model published without an engine checkpoint (a federated model, or one written by
+    another tool): the worker and the retrainer cannot change it."""
+
+    def __init__(self, model_id: str, version: int) -> None:
+        self.model_id = model_id
+        msg = (
+            f"model {model_id!r} v{version} has no engine checkpoint (a federated model, or one "
+            "published outside this pipeline): the worker cannot change it; a federated "
+            "model forgets a client or a class (ClientRemoved, ClassRemoved)"
+        )
+        super().__init__(msg)

@@ -7,7 +7,9 @@ reason code (a metric label) and a message naming the problem, and
 carrying the original bytes and where they came from (topic, partition, offset).
 
 Reason codes: ``oversized``, ``malformed_json``, ``non_finite``, ``schema``,
-``wrong_type``, ``feature_count``, ``unknown_model``, ``unknown_class``, ``invalid``.
+``wrong_type``, ``feature_count``, ``unknown_model``, ``unsupported_model`` (a model the
+worker cannot change: no engine checkpoint, e.g. a federated one), ``unknown_class``,
+``invalid``; ``internal_error`` for a message the worker's code failed on.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ REASONS = (
     "wrong_type",
     "feature_count",
     "unknown_model",
+    "unsupported_model",
     "unknown_class",
     "invalid",
 )

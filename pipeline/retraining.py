@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from pipeline.errors import PipelineError, UnknownModel
+from pipeline.errors import NoEngineCheckpoint, UnknownModel
 from pipeline.store.codec import StateValue, decode_state, encode_state
 from pipeline.store.facade import Store
 from pipeline.store.records import StoredRecord
@@ -165,6 +165,8 @@ class Retraining:
         ------
         UnknownModel
             Nothing is published under ``model_id``.
+        NoEngineCheckpoint
+            The current version has no engine checkpoint (a federated model).
         """
         current_key = self._keys.current(model_id)
         with self._r.pipeline(transaction=True) as pipe:
@@ -177,11 +179,7 @@ class Retraining:
                     version = int(raw)
                     fields = pipe.hgetall(self._keys.checkpoint(model_id, version))
                     if not fields:
-                        msg = (
-                            f"model {model_id!r} v{version} has no engine checkpoint to "
-                            "retrain from: it was not published by this pipeline"
-                        )
-                        raise PipelineError(msg)
+                        raise NoEngineCheckpoint(model_id, version)
                     seq_raw = pipe.get(self._keys.applied_seq(model_id))
                     records = list(self.store.records.scan(model_id))
                     pipe.multi()
