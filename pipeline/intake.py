@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -140,31 +141,28 @@ def decode_message(
         The event; a :class:`Rejected` with its reason; ``None`` for a tombstone (a
         ``null`` value, which the pipeline itself writes after an erasure).
     """
-    value = message.value
-    if value is None:
-        return None
-    too_big = oversized(message, max_bytes, "split it into several events")
-    if too_big is not None:
-        return too_big
-    try:
-        return decode_event(value, expected)
-    except SchemaError as exc:
-        return Rejected(message, rejection_reason(exc), str(exc))
-    except Exception as exc:  # noqa: BLE001 - one message must never take the batch with it
-        return Rejected(message, "invalid", f"could not decode: {type(exc).__name__}: {exc}"[:500])
+    return _decoded(
+        message, max_bytes, "split it into several events", lambda v: decode_event(v, expected)
+    )
 
 
 def decode_request_message(message: Message, *, max_bytes: int) -> Request | Rejected[Any] | None:
     """:func:`decode_message` for ``unlearn.deletions``, which carries several request
     types (:func:`~pipeline.events.decode_request`): chosen by ``type``."""
+    return _decoded(message, max_bytes, "split it into several requests", decode_request)
+
+
+def _decoded(message: Message, max_bytes: int, remedy: str, decode: Callable[[bytes], Any]) -> Any:
+    """``decode(message.value)``, or the :class:`Rejected` saying why not (``remedy``:
+    what to do about an oversized one), or ``None`` for a tombstone."""
     value = message.value
     if value is None:
         return None
-    too_big = oversized(message, max_bytes, "split it into several requests")
+    too_big = oversized(message, max_bytes, remedy)
     if too_big is not None:
         return too_big
     try:
-        return decode_request(value)
+        return decode(value)
     except SchemaError as exc:
         return Rejected(message, rejection_reason(exc), str(exc))
     except Exception as exc:  # noqa: BLE001 - one message must never take the batch with it
