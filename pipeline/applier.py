@@ -189,17 +189,15 @@ class Applier:
             ", ".join(summary(r) for r in reports) or "unchanged",
         )
 
+        tombstones = set(plan.dropped) | plan.erased | set(unsent)
+        # a crash's corrections, unless this batch erased the record or corrected it again
+        superseded = tombstones | set(plan.removed) | set(edits.republish)
         out = Outcome(
             model_id,
             published=result.notice(),
             receipts=list(result.receipts) + list(plan.announce.values()),
-            tombstones=sorted(set(plan.dropped) | plan.erased | set(unsent)),
-            republish=edits.events
-            + self._corrected_again(
-                model_id,
-                {r: e for r, e in uncorrected.items() if r not in edits.republish},
-                set(plan.dropped) | plan.erased | set(unsent) | set(plan.removed),
-            ),
+            tombstones=sorted(tombstones),
+            republish=edits.events + self._corrected_again(model_id, uncorrected, superseded),
             rejected=plan.rejected,
             reports=reports,
             skipped=plan.skipped,
@@ -216,7 +214,8 @@ class Applier:
     ) -> list[RecordAdded]:
         """The corrected records a crash kept from the broker, as Redis holds them now,
         under the event ids their publication marked applied (reading them back learns
-        nothing). A record erased since is left out: its tombstone is due instead."""
+        nothing). The records in ``gone`` are left out: erased since (their tombstone is
+        due instead) or corrected again by this batch."""
         ids = [rid for rid in sorted(unsent) if rid not in gone]
         if not ids:
             return []
@@ -230,7 +229,7 @@ class Applier:
                 rec.features,
                 rec.label,
                 now,
-            )  # fmt: skip
+            )
             for rec in self.store.records.get_many(model_id, ids)
             if rec is not None
         ]
@@ -352,10 +351,11 @@ class Applier:
             pub.receipt(request_id, status, received_at=plan.received[request_id], **fields)
         now = datetime.now(UTC)
         pub.update_records(edits.features, edits.labels, relabelled_at=now.timestamp())
-        subjects = ChainMap({r: rec.subject_id for r, rec in plan.added.items()}, model.held)
-        edits.events = corrected_records(model_id, edits, subjects, new_seq, now)
+        if edits.republish:
+            subjects = ChainMap({r: rec.subject_id for r, rec in plan.added.items()}, model.held)
+            edits.events = corrected_records(model_id, edits, subjects, new_seq, now)
+            pub.corrections({ev.record_id: ev.event_id for ev in edits.events})
         pub.mark_events([*plan.events, *(ev.event_id for ev in edits.events)])
-        pub.corrections({ev.record_id: ev.event_id for ev in edits.events})
         pub.applied_seq(new_seq)
         pub.checkpoint(engine.state_dict()).retain(self.keep_versions)
         pub.erased_versions_grace(self.erased_versions_grace)

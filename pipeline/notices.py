@@ -8,8 +8,9 @@ offsets only once the broker has taken them all. Per outcome, in order:
 * each forwarded ``ModelOps`` (the intake stage's output) on ``unlearn.model-ops``, keyed
   by model id, to the model's partition;
 * a tombstone (null value) per erased record on ``unlearn.records``, keyed
-  ``model/record``, to the model's partition; then each relabelled record's corrected
-  ``RecordAdded`` under the same key and partition (compaction drops the old label);
+  ``model/record``, to the model's partition; then each corrected record's
+  ``RecordAdded`` (relabelled, or without a forgotten column's value) under the same key
+  and partition, so compaction drops the old message;
 * ``RetrainRequested`` and ``RetrainCompleted`` on ``unlearn.retrain``, keyed by model id;
 
 then a ``DeadLetter`` on ``unlearn.dead-letter`` per rejected event (keyed by the original

@@ -103,8 +103,9 @@ class Outcome:
     tombstones : list of str
         Record ids whose features were erased: tombstone them on ``unlearn.records``.
     republish : list of RecordAdded
-        Records whose stored label was corrected, sent again on ``unlearn.records`` under
-        their key so that compaction drops the message with the old label.
+        Records the batch corrected (a relabel; a feature removal, or a new record that
+        carried a forgotten column), sent again on ``unlearn.records`` under their key so
+        that compaction drops the message with the old label or the column's value.
     rejected : list of Rejected
         Events refused for this model (dead letters).
     retrain : RetrainRequested or None

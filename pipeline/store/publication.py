@@ -409,10 +409,11 @@ class Publication:
         erase = {rid: s for rid, s in zip(ids, subjects, strict=True) if s is not None}
         absent = [rid for rid, s in zip(ids, subjects, strict=True) if s is None]
 
+        added_ids = {r.record_id for r in added}
         updates = [
             rid
             for rid in dict.fromkeys([*self._new_features, *self._new_labels])
-            if rid not in erase and rid not in {r.record_id for r in added}
+            if rid not in erase and rid not in added_ids
         ]
         still = pipe.smismember(keys.records(model_id), updates) if updates else []
         rewrite = [rid for rid, has in zip(updates, still, strict=True) if has]
